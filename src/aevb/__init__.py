@@ -1,0 +1,33 @@
+"""aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2014), faithful and fast.
+
+Quick use::
+
+    import aevb
+    run = aevb.train("digits", out="runs/digits", budget=200_000)
+    model = aevb.load("runs/digits")
+    model.elbo(x)            # per-datapoint lower bound (SGVB estimator B)
+"""
+
+__version__ = "0.1.0"
+
+from .api import Run, encode, evaluate, load, manifold, reconstruct, sample, train  # noqa: E402
+from .errors import AevbError, ConfigError, DataError, RunError  # noqa: E402
+from .model import VAE, ModelConfig  # noqa: E402
+
+__all__ = [
+    "AevbError",
+    "ConfigError",
+    "DataError",
+    "ModelConfig",
+    "Run",
+    "RunError",
+    "VAE",
+    "__version__",
+    "encode",
+    "evaluate",
+    "load",
+    "manifold",
+    "reconstruct",
+    "sample",
+    "train",
+]

@@ -1,0 +1,490 @@
+"""The Python API. Every command-line command is a thin wrapper over one function here."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, figures, runs
+from .data import BINARIZE_MODES, Dataset, check_support, load_dataset
+from .errors import ConfigError, DataError, RunError
+from .model import VAE, ModelConfig
+from .training import ALGORITHMS, LR_CANDIDATES, TrainConfig, Trainer, _split_seed
+
+
+@dataclass
+class Run:
+    """A training run on disk: its directory, trained model, configuration and metrics."""
+
+    path: Path | None
+    model: VAE
+    config: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict:
+        """The last metrics record (bounds at the end of training)."""
+        return self.metrics[-1] if self.metrics else {}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" picks CUDA when available; asking for CUDA without a GPU is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for but this PyTorch sees no CUDA GPU; use --device cpu"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def _build_model(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> VAE:
+    torch.manual_seed(tcfg.seed)  # PyTorch's own init, used with --init torch
+    model = VAE(mcfg)
+    if tcfg.init == "paper":
+        model.init_parameters(
+            tcfg.init_std, torch.Generator().manual_seed(_split_seed(tcfg.seed, 0))
+        )
+    return model.to(device)
+
+
+def _data_tensors(ds: Dataset, likelihood: str, binarize: str, device: torch.device):
+    check_support(ds.train, likelihood, binarize, f"{ds.name} (train)")
+    if ds.test is not None:
+        check_support(ds.test, likelihood, binarize, f"{ds.name} (test)")
+    tr = torch.from_numpy(ds.train).to(device)
+    te = torch.from_numpy(ds.test).to(device) if ds.test is not None else None
+    return tr, te
+
+
+def _prepare_out(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory; choose another path")
+    if out.is_dir() and any(out.iterdir()):
+        if (out / runs.CONFIG).exists():
+            raise ConfigError(
+                f"--out {out} already holds a run; continue it with --resume {out} "
+                "or choose a new directory"
+            )
+        raise ConfigError(f"--out {out} is not empty; choose a new or empty directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"--out {out} is not writable ({e.strerror}); choose another path"
+        ) from None
+    return out
+
+
+def choose_lr(
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    train_x: torch.Tensor,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[float, dict]:
+    """The paper's step-size selection: a short trial per candidate, best training bound wins."""
+    n_trial = tcfg.lr_trial_samples or max(
+        10 * tcfg.batch_size, min(30_000, (tcfg.budget or 10**6) // 10)
+    )
+    scores: dict[str, float] = {}
+    for lr in LR_CANDIDATES[tcfg.optimizer]:
+        trial = dataclasses.replace(tcfg, lr=lr, budget=n_trial, epochs=None)
+        model = _build_model(mcfg, trial, device)
+        alg = ALGORITHMS[trial.algorithm](model, trial, len(train_x), lr)
+        t = Trainer(alg, train_x, None, trial, progress=progress, evaluate_points=False)
+        t.run()
+        tail = t.trace[len(t.trace) // 2 :] or t.trace
+        score = float(np.mean(tail))
+        scores[repr(lr)] = score if math.isfinite(score) else float("-inf")
+        if progress:
+            tqdm.write(f"lr trial {lr:g}: training bound {score:.3f}")
+    best = max(scores, key=scores.get)
+    return float(best), {"trial_samples": n_trial, "training_bound": scores, "chosen": float(best)}
+
+
+def train(
+    data: str = "digits",
+    out: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    latent_dim: int = 20,
+    hidden: int | None = None,
+    depth: int = 1,
+    activation: str = "tanh",
+    likelihood: str | None = None,
+    algorithm: str = "aevb",
+    estimator: str = "B",
+    samples: int = 1,
+    batch_size: int = 100,
+    optimizer: str = "adagrad",
+    lr: float | str = "auto",
+    budget: int | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    binarize: str = "grey",
+    data_dir: str | Path | None = None,
+    image_shape: tuple[int, int] | None = None,
+    init: str = "paper",
+    weight_prior: bool = True,
+    eval_per_decade: int = 4,
+    eval_size: int = 10_000,
+    checkpoint_seconds: float = 300.0,
+    progress: bool = True,
+    draw_figures: bool = True,
+) -> Run:
+    """Train a VAE with AEVB (Algorithm 1) and return the run.
+
+    With ``out`` the run is written to that directory (config.json, model.safetensors,
+    training_state.safetensors, metrics.jsonl, figures/); ``resume`` continues such a run where it
+    stopped (``budget`` or ``epochs`` may extend it). ``hidden`` defaults to the dataset's
+    recommendation (500 for MNIST, 200 for Frey Face and digits), ``likelihood`` to the dataset's.
+    """
+    dev = resolve_device(device)
+    if resume is not None:
+        return _resume(Path(resume), budget, epochs, dev, progress, draw_figures)
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
+    if binarize not in BINARIZE_MODES:
+        raise ConfigError(f"unknown --binarize {binarize!r}; choose one of {list(BINARIZE_MODES)}")
+    out_dir = _prepare_out(out) if out is not None else None
+    tcfg = TrainConfig(
+        algorithm=algorithm,
+        estimator=estimator,
+        samples=samples,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_prior=weight_prior,
+        init=init,
+        budget=budget,
+        epochs=epochs,
+        seed=seed,
+        binarize=binarize,
+        eval_per_decade=eval_per_decade,
+        eval_size=eval_size,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    ds = load_dataset(data, data_dir=data_dir, image_shape=image_shape)
+    mcfg = ModelConfig(
+        x_dim=ds.x_dim,
+        latent_dim=latent_dim,
+        hidden=hidden or ds.default_hidden,
+        depth=depth,
+        activation=activation,
+        likelihood=likelihood or ds.default_likelihood,
+        image_shape=ds.image_shape,
+    )
+    if not mcfg.supports_estimator(estimator):
+        raise ConfigError(
+            f"estimator {estimator} needs an analytic KL for this posterior and prior; use A"
+        )
+    train_x, test_x = _data_tensors(ds, mcfg.likelihood, binarize, dev)
+    if tcfg.lr == "auto":
+        tcfg.lr, tcfg.lr_search = choose_lr(mcfg, tcfg, train_x, dev, progress)
+    cfg = {
+        "format_version": runs.FORMAT_VERSION,
+        "aevb_version": __version__,
+        "model": mcfg.to_dict(),
+        "train": tcfg.to_dict(),
+        "data": {
+            "spec": data,
+            "data_dir": str(data_dir) if data_dir else None,
+            "image_shape": list(ds.image_shape) if ds.image_shape else None,
+            "n_train": len(ds.train),
+            "n_test": len(ds.test) if ds.test is not None else 0,
+            "description": ds.description,
+        },
+    }
+    model = _build_model(mcfg, tcfg, dev)
+    alg = ALGORITHMS[algorithm](model, tcfg, len(train_x), float(tcfg.lr))
+    if out_dir is not None:
+        runs.atomic_write_json(out_dir / runs.CONFIG, cfg)
+    trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress)
+    return _finish(trainer, out_dir, cfg, ds, draw_figures)
+
+
+def _resume(
+    run_dir: Path,
+    budget: int | None,
+    epochs: int | None,
+    dev: torch.device,
+    progress: bool,
+    draw_figures: bool,
+) -> Run:
+    cfg = runs.read_config(run_dir)
+    mcfg = ModelConfig(**cfg["model"])
+    tdict = dict(cfg["train"])
+    if budget is not None or epochs is not None:
+        tdict["budget"], tdict["epochs"] = budget, epochs
+    tcfg = TrainConfig(**tdict)
+    if tcfg.lr == "auto":
+        raise RunError(f"{run_dir / runs.CONFIG}: the step size was never chosen; start a new run")
+    ds = load_dataset(
+        cfg["data"]["spec"],
+        data_dir=cfg["data"].get("data_dir"),
+        image_shape=mcfg.image_shape,
+    )
+    if ds.x_dim != mcfg.x_dim:
+        raise DataError(
+            f"{ds.name} has {ds.x_dim} columns but the run's model expects {mcfg.x_dim}"
+        )
+    train_x, test_x = _data_tensors(ds, mcfg.likelihood, tcfg.binarize, dev)
+    model = _build_model(mcfg, tcfg, dev)
+    alg = ALGORITHMS[tcfg.algorithm](model, tcfg, len(train_x), float(tcfg.lr))
+    trainer = Trainer(alg, train_x, test_x, tcfg, run_dir, progress=progress)
+    tensors, meta = runs.load_tensors(run_dir / runs.STATE)
+    try:
+        trainer.load_state(
+            {k: v.to(dev) if k != "rng.noise" else v for k, v in tensors.items()}, meta
+        )
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise RunError(f"{run_dir / runs.STATE}: does not match config.json ({e})") from None
+    runs.truncate_metrics(run_dir, trainer.samples_seen)
+    if budget is not None or epochs is not None:
+        cfg["train"] = tcfg.to_dict()
+        runs.atomic_write_json(run_dir / runs.CONFIG, cfg)
+    return _finish(trainer, run_dir, cfg, ds, draw_figures)
+
+
+def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw: bool) -> Run:
+    trainer.run()
+    trainer.checkpoint()
+    metrics = runs.read_metrics(out_dir) if out_dir is not None else trainer.records
+    run = Run(out_dir, trainer.model, cfg, metrics)
+    if out_dir is not None and draw:
+        draw_run_figures(run, ds)
+    return run
+
+
+def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
+    """Write figures/curves.png, samples.png, reconstructions.png (and manifold.png for 2-D z)."""
+    assert run.path is not None
+    fig_dir = run.path / runs.FIGURES
+    fig_dir.mkdir(exist_ok=True)
+    model = run.model
+    shape = model.config.image_shape
+    written = []
+    label = f"{run.config['data']['spec']}, N_z={model.config.latent_dim}"
+    figures.plot_curves([(label, run.metrics)], fig_dir / "curves.png", title=f"AEVB on {label}")
+    written.append(fig_dir / "curves.png")
+    g = torch.Generator(device=model.device).manual_seed(0)
+    figures.save_grid(
+        fig_dir / "samples.png", model.sample(100, g), shape, 10, "samples from p(x|z), z ~ p(z)"
+    )
+    written.append(fig_dir / "samples.png")
+    if ds is not None:
+        x = torch.from_numpy((ds.test if ds.test is not None else ds.train)[:50]).to(model.device)
+        rec = model.reconstruct(x)
+        pairs = torch.stack([x, rec], 1).reshape(-1, x.shape[1])
+        figures.save_grid(
+            fig_dir / "reconstructions.png",
+            pairs,
+            shape,
+            10,
+            "test data (odd columns) and reconstructions",
+        )
+        written.append(fig_dir / "reconstructions.png")
+    if model.config.latent_dim == 2:
+        manifold(run.path, 20, fig_dir / "manifold.png", model=model)
+        written.append(fig_dir / "manifold.png")
+    return written
+
+
+# --------------------------------------------------------------------------- using a trained run
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> VAE:
+    """The trained model of a run directory (weights from model.safetensors; no pickle)."""
+    run_dir = Path(run_dir)
+    cfg = runs.read_config(run_dir)
+    try:
+        mcfg = ModelConfig(**cfg["model"])
+    except TypeError as e:
+        raise RunError(f"{run_dir / runs.CONFIG}: bad model section ({e})") from None
+    model = VAE(mcfg)
+    tensors, _ = runs.load_tensors(run_dir / runs.MODEL)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise RunError(f"{run_dir / runs.MODEL}: does not match config.json ({first})") from None
+    model.eval()
+    return model.to(resolve_device(device))
+
+
+def _run_data(
+    run_dir: Path, data: str | None, split: str, data_dir, binarize: str | None
+) -> tuple[VAE, np.ndarray, str, dict]:
+    cfg = runs.read_config(run_dir)
+    model = load(run_dir)
+    spec = data or cfg["data"]["spec"]
+    ddir = (
+        data_dir
+        if data_dir is not None
+        else (cfg["data"].get("data_dir") if data is None else None)
+    )
+    ds = load_dataset(
+        spec, data_dir=ddir, image_shape=model.config.image_shape if data is None else None
+    )
+    if ds.x_dim != model.config.x_dim:
+        raise DataError(
+            f"{spec} has {ds.x_dim} columns but the model was trained on {model.config.x_dim}; "
+            "use data of the same dimension"
+        )
+    mode = binarize or cfg["train"].get("binarize", "grey")
+    x = ds.split(split)
+    check_support(x, model.config.likelihood, mode, f"{ds.name} ({split})")
+    if mode in ("dynamic", "static"):
+        g = torch.Generator().manual_seed(_split_seed(cfg["train"]["seed"], 7))
+        x = torch.bernoulli(torch.from_numpy(x), generator=g).numpy()
+    return model, x, mode, cfg
+
+
+def evaluate(
+    run_dir: str | Path,
+    split: str = "test",
+    *,
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+    binarize: str | None = None,
+    estimator: str | None = None,
+    samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> dict:
+    """The lower bound per datapoint on a split, with its standard error over datapoints."""
+    run_dir = Path(run_dir)
+    model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize)
+    est = estimator or cfg["train"]["estimator"]
+    if samples < 1:
+        raise ConfigError(f"--samples must be positive, got {samples}")
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        b = torch.cat(
+            [
+                model.elbo(xt[i : i + batch_size], est, samples, g)
+                for i in range(0, len(xt), batch_size)
+            ]
+        )
+    return {
+        "run": str(run_dir),
+        "data": data or cfg["data"]["spec"],
+        "split": split,
+        "binarize": mode,
+        "estimator": est,
+        "samples": samples,
+        "points": len(b),
+        "bound": float(b.mean()),
+        "bound_se": float(b.std() / math.sqrt(len(b))) if len(b) > 1 else 0.0,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _write_image_or_array(out: Path, images: torch.Tensor, shape, ncol: int, title: str) -> Path:
+    out = Path(out)
+    if out.suffix.lower() == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, images.detach().cpu().numpy())
+        runs.atomic_write_bytes(out, buf.getvalue())
+    elif out.suffix.lower() == ".png":
+        figures.save_grid(out, images, shape, ncol, title)
+    else:
+        raise ConfigError(f"--out {out}: use a .png (picture) or .npy (array) file name")
+    return out
+
+
+def sample(
+    run_dir: str | Path, n: int = 100, out: str | Path = "samples.png", seed: int = 0
+) -> Path:
+    """Decoder means for n draws from the prior, as a PNG grid or an (n, D) .npy array."""
+    if n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    model = load(run_dir)
+    x = model.sample(n, torch.Generator().manual_seed(seed))
+    ncol = int(math.ceil(math.sqrt(n)))
+    return _write_image_or_array(Path(out), x, model.config.image_shape, ncol, f"{n} samples")
+
+
+def manifold(
+    run_dir: str | Path,
+    grid: int = 20,
+    out: str | Path = "manifold.png",
+    *,
+    model: VAE | None = None,
+) -> Path:
+    """Figure 4: decoder means over a grid of the 2-D latent space (unit square via Phi^-1)."""
+    model = model or load(run_dir)
+    if model.config.latent_dim != 2:
+        raise ConfigError(
+            f"manifold needs a 2-D latent space; this model has {model.config.latent_dim} "
+            "(train with --latent-dim 2)"
+        )
+    z = figures.manifold_latents(grid).to(model.device)
+    with torch.no_grad():
+        x = model.decode_mean(z)
+    return _write_image_or_array(Path(out), x, model.config.image_shape, grid, "learned manifold")
+
+
+def reconstruct(
+    run_dir: str | Path,
+    out: str | Path = "reconstructions.png",
+    *,
+    n: int = 50,
+    data: str | None = None,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+) -> Path:
+    """Data beside its reconstruction (decoder mean at the posterior mean), as a PNG grid."""
+    model, x, _, _ = _run_data(Path(run_dir), data, split, data_dir, "grey")
+    xt = torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32))
+    pairs = torch.stack([xt, model.reconstruct(xt)], 1).reshape(-1, xt.shape[1])
+    return _write_image_or_array(
+        Path(out), pairs, model.config.image_shape, 10, "data | reconstruction"
+    )
+
+
+def encode(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    binarize: str | None = None,
+) -> Path:
+    """Posterior means and log-variances: .npz (arrays mu, logvar) or .npy ([mu, logvar])."""
+    model, x, _, _ = _run_data(Path(run_dir), data, split, data_dir, binarize)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+    out = Path(out)
+    buf = io.BytesIO()
+    if out.suffix.lower() == ".npz":
+        np.savez(buf, mu=mu.numpy(), logvar=logvar.numpy())
+    elif out.suffix.lower() == ".npy":
+        np.save(buf, torch.cat([mu, logvar], 1).numpy())
+    else:
+        raise ConfigError(f"--out {out}: use a .npy or .npz file name")
+    runs.atomic_write_bytes(out, buf.getvalue())
+    return out

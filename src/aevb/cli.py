@@ -1,0 +1,247 @@
+"""The ``aevb`` command line: a thin layer over :mod:`aevb.api`.
+
+Bad input (unknown option, missing file, malformed data, unsupported value) prints one line
+``aevb: error: ...`` naming the problem and the fix, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__, api
+from .data import BINARIZE_MODES
+from .errors import AevbError, ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"aevb: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive step size, got {text!r}")
+    return v
+
+
+def _data_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--data",
+        default=default,
+        help="dataset name (digits) or a .npy/.npz/.csv file; rows are datapoints"
+        + (f" (default: {default})" if default else " (default: the run's training data)"),
+    )
+    p.add_argument("--data-dir", help="folder holding the named datasets (else $AEVB_DATA_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="aevb",
+        description="Auto-Encoding Variational Bayes: train and use variational auto-encoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"aevb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1)")
+    _data_args(t, "digits")
+    t.add_argument("--out", help="run directory to create (required unless --resume)")
+    t.add_argument("--resume", metavar="RUNDIR", help="continue this run where it stopped")
+    t.add_argument("--latent-dim", type=_positive_int, default=20, help="N_z (default 20)")
+    t.add_argument(
+        "--hidden", type=_positive_int, help="hidden units (default: 500 MNIST, 200 others)"
+    )
+    t.add_argument("--depth", type=int, default=1, help="hidden layers per network (default 1)")
+    t.add_argument("--activation", default="tanh", help="tanh (paper), relu, softplus, elu")
+    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], help="default: dataset's")
+    t.add_argument("--estimator", choices=["A", "B"], default="B", help="SGVB estimator")
+    t.add_argument("--samples", type=_positive_int, default=1, help="L, samples per datapoint")
+    t.add_argument("--batch-size", type=_positive_int, default=100, help="M (default 100)")
+    t.add_argument("--optimizer", choices=["adagrad", "adam"], default="adagrad")
+    t.add_argument(
+        "--lr", type=_lr, default="auto", help="step size, or auto: trial of {0.01,0.02,0.1}"
+    )
+    length = t.add_mutually_exclusive_group()
+    length.add_argument(
+        "--budget", type=_positive_int, help="training samples evaluated (default 1e6)"
+    )
+    length.add_argument("--epochs", type=_positive_int, help="passes over the training set")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--binarize", choices=BINARIZE_MODES, default="grey")
+    t.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"))
+    t.add_argument(
+        "--init", choices=["paper", "torch"], default="paper", help="N(0,0.01^2) or torch"
+    )
+    t.add_argument(
+        "--no-weight-prior",
+        dest="weight_prior",
+        action="store_false",
+        help="drop the N(0, I) parameter prior (plain ML instead of approximate MAP)",
+    )
+    t.add_argument("--eval-per-decade", type=_positive_int, default=4)
+    t.add_argument("--eval-size", type=_positive_int, default=10_000, help="points per evaluation")
+    t.add_argument("--checkpoint-seconds", type=float, default=300.0)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="lower bound on a split, with its standard error")
+    e.add_argument("run_dir", metavar="RUNDIR")
+    _data_args(e, None)
+    e.add_argument("--split", default="test", help="train or test (default test)")
+    e.add_argument("--binarize", choices=BINARIZE_MODES, help="default: the run's")
+    e.add_argument("--estimator", choices=["A", "B"])
+    e.add_argument("--samples", type=_positive_int, default=1)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("sample", help="decoder means for z drawn from the prior")
+    s.add_argument("run_dir", metavar="RUNDIR")
+    s.add_argument("--n", type=_positive_int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy")
+
+    m = sub.add_parser("manifold", help="Figure 4: the learned 2-D manifold")
+    m.add_argument("run_dir", metavar="RUNDIR")
+    m.add_argument("--grid", type=_positive_int, default=20)
+    m.add_argument("--out", required=True, help="FILE.png or FILE.npy")
+
+    r = sub.add_parser("reconstruct", help="data beside its reconstructions")
+    r.add_argument("run_dir", metavar="RUNDIR")
+    _data_args(r, None)
+    r.add_argument("--split", default="test")
+    r.add_argument("--n", type=_positive_int, default=50)
+    r.add_argument("--out", required=True, help="FILE.png or FILE.npy")
+
+    c = sub.add_parser("encode", help="posterior means and log-variances")
+    c.add_argument("run_dir", metavar="RUNDIR")
+    _data_args(c, None)
+    c.add_argument("--split", default="test")
+    c.add_argument("--binarize", choices=BINARIZE_MODES)
+    c.add_argument("--out", required=True, help="Z.npy ([mu, logvar] columns) or Z.npz")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        if args.resume is None and args.out is None:
+            raise ConfigError("give --out RUNDIR for a new run, or --resume RUNDIR")
+        if args.resume is not None and args.out is not None:
+            raise ConfigError("give --out for a new run or --resume for an old one, not both")
+        run = api.train(
+            args.data,
+            args.out,
+            resume=args.resume,
+            latent_dim=args.latent_dim,
+            hidden=args.hidden,
+            depth=args.depth,
+            activation=args.activation,
+            likelihood=args.likelihood,
+            estimator=args.estimator,
+            samples=args.samples,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            budget=args.budget,
+            epochs=args.epochs,
+            seed=args.seed,
+            device=args.device,
+            binarize=args.binarize,
+            data_dir=args.data_dir,
+            image_shape=tuple(args.image_shape) if args.image_shape else None,
+            init=args.init,
+            weight_prior=args.weight_prior,
+            eval_per_decade=args.eval_per_decade,
+            eval_size=args.eval_size,
+            checkpoint_seconds=args.checkpoint_seconds,
+            progress=not args.quiet,
+        )
+        f = run.final
+        print(
+            f"trained {f.get('samples_seen', 0):,} samples: train bound "
+            f"{f.get('train_bound', float('nan')):.3f}, test bound "
+            f"{f.get('test_bound', float('nan')):.3f} nats; run in {run.path}"
+        )
+    elif args.command == "evaluate":
+        res = api.evaluate(
+            args.run_dir,
+            args.split,
+            data=args.data,
+            data_dir=args.data_dir,
+            binarize=args.binarize,
+            estimator=args.estimator,
+            samples=args.samples,
+            seed=args.seed,
+        )
+        if args.json:
+            print(json.dumps(res, sort_keys=True))
+        else:
+            print(
+                f"{res['data']} {res['split']} ({res['points']} points, {res['binarize']}): "
+                f"bound {res['bound']:.3f} ± {res['bound_se']:.3f} nats "
+                f"(estimator {res['estimator']}, L={res['samples']})"
+            )
+    elif args.command == "sample":
+        print(api.sample(args.run_dir, args.n, args.out, seed=args.seed))
+    elif args.command == "manifold":
+        print(api.manifold(args.run_dir, args.grid, args.out))
+    elif args.command == "reconstruct":
+        print(
+            api.reconstruct(
+                args.run_dir,
+                args.out,
+                n=args.n,
+                data=args.data,
+                split=args.split,
+                data_dir=args.data_dir,
+            )
+        )
+    elif args.command == "encode":
+        print(
+            api.encode(
+                args.run_dir,
+                args.out,
+                data=args.data,
+                split=args.split,
+                data_dir=args.data_dir,
+                binarize=args.binarize,
+            )
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aevb`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except AevbError as e:
+        sys.stderr.write(f"aevb: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("aevb: interrupted; continue a training run with --resume RUNDIR\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

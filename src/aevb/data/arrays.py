@@ -1,0 +1,128 @@
+"""User arrays: .npy, .npz and .csv files whose rows are datapoints."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .base import Dataset, check_finite
+
+USER_SUFFIXES = (".npy", ".npz", ".csv")
+HELD_OUT_FRACTION = 0.1
+"""A file with one array is split by a fixed permutation (seed 0): the last 10 % is test."""
+
+
+def _as_rows(a: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Flatten (N, D) or (N, H, W) data to float32 rows; return the implied image shape."""
+    if a.dtype == object or not (
+        np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
+    ):
+        raise DataError(f"{source}: expected a numeric array, got dtype {a.dtype}")
+    if a.ndim == 2:
+        shape = None
+    elif a.ndim == 3:
+        shape = (int(a.shape[1]), int(a.shape[2]))
+        a = a.reshape(a.shape[0], -1)
+    else:
+        raise DataError(
+            f"{source}: expected a 2-D array (rows are datapoints) or 3-D images (N, H, W), "
+            f"got shape {a.shape}"
+        )
+    if a.shape[0] < 2 or a.shape[1] < 1:
+        raise DataError(f"{source}: needs at least 2 rows and 1 column, got shape {a.shape}")
+    x = np.ascontiguousarray(a, dtype=np.float32)
+    check_finite(x, source)
+    return x, shape
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    text = path.read_text().splitlines()
+    rows = [ln for ln in text if ln.strip()]
+    if not rows:
+        raise DataError(f"{path}: the file is empty")
+    first = rows[0].split(",")
+    try:
+        [float(v) for v in first]
+        start = 0
+    except ValueError:
+        start = 1  # a header line
+    out = []
+    width = None
+    for i, ln in enumerate(rows[start:], start=start + 1):
+        fields = ln.split(",")
+        if width is None:
+            width = len(fields)
+        if len(fields) != width:
+            raise DataError(f"{path}: line {i} has {len(fields)} fields, expected {width}")
+        try:
+            out.append([float(v) for v in fields])
+        except ValueError as e:
+            raise DataError(f"{path}: line {i} is not numeric ({e})") from None
+    if not out:
+        raise DataError(f"{path}: no data rows")
+    return np.asarray(out, dtype=np.float64)
+
+
+def _load_file(path: Path) -> dict[str, np.ndarray]:
+    """Arrays in the file by name; a single unnamed array is returned as ``data``."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return {"data": np.load(path, allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        if suffix == ".csv":
+            return {"data": _read_csv(path)}
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise DataError(f"{path}: cannot read as {suffix} ({e}); is the file complete?") from None
+    raise DataError(f"{path}: unknown file type {suffix!r}; use one of {list(USER_SUFFIXES)}")
+
+
+def load_array_file(path: str | Path, image_shape: tuple[int, int] | None = None) -> Dataset:
+    """Load a user file: an .npz may hold ``train`` and ``test``; one array alone is split.
+
+    Rows are datapoints. Values are checked for finiteness here and against the likelihood later.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; give a .npy, .npz or .csv file or --data digits")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a .npy, .npz or .csv file")
+    arrays = _load_file(path)
+    if "train" in arrays:
+        train, shape = _as_rows(arrays["train"], f"{path}[train]")
+        test = None
+        if "test" in arrays:
+            test, _ = _as_rows(arrays["test"], f"{path}[test]")
+            if test.shape[1] != train.shape[1]:
+                raise DataError(
+                    f"{path}: test has {test.shape[1]} columns but train has {train.shape[1]}"
+                )
+    elif len(arrays) == 1:
+        x, shape = _as_rows(next(iter(arrays.values())), str(path))
+        perm = np.random.default_rng(0).permutation(len(x))
+        n_test = max(1, int(round(HELD_OUT_FRACTION * len(x))))
+        train, test = x[perm[:-n_test]], x[perm[-n_test:]]
+    else:
+        raise DataError(
+            f"{path}: holds arrays {sorted(arrays)}; name them 'train' (and optionally 'test')"
+        )
+    shape = image_shape or shape
+    if shape is not None and shape[0] * shape[1] != train.shape[1]:
+        raise DataError(
+            f"{path}: image shape {shape[0]}x{shape[1]} does not match {train.shape[1]} columns"
+        )
+    return Dataset(
+        name=path.name,
+        train=train,
+        test=test,
+        image_shape=shape,
+        default_likelihood="bernoulli",
+        description=f"user data from {path}",
+    )

@@ -1,0 +1,111 @@
+"""Pictures: image grids (samples, reconstructions, the Figure 4 manifold) and bound curves."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .errors import ConfigError  # noqa: E402
+from .runs import atomic_write_bytes  # noqa: E402
+
+
+def tile_shape(x_dim: int, image_shape: Sequence[int] | None) -> tuple[int, int]:
+    """The (rows, columns) each datapoint is drawn as: the declared shape, a square, or a strip."""
+    if image_shape is not None:
+        return int(image_shape[0]), int(image_shape[1])
+    side = int(math.isqrt(x_dim))
+    return (side, side) if side * side == x_dim else (1, x_dim)
+
+
+def image_grid(
+    images: np.ndarray | torch.Tensor, image_shape: Sequence[int] | None, ncol: int, pad: int = 1
+) -> np.ndarray:
+    """Arrange (N, D) images in [0, 1] into one 2-D array of ``ncol`` columns with padding."""
+    x = images.detach().cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
+    h, w = tile_shape(x.shape[1], image_shape)
+    n = len(x)
+    nrow = int(math.ceil(n / ncol))
+    grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y0 : y0 + h, x0 : x0 + w] = x[i].reshape(h, w)
+    return grid
+
+
+def _save_figure(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_grid(
+    path: str | Path,
+    images: np.ndarray | torch.Tensor,
+    image_shape: Sequence[int] | None,
+    ncol: int,
+    title: str | None = None,
+) -> None:
+    """Save an image grid as a PNG (written atomically)."""
+    grid = image_grid(images, image_shape, ncol)
+    scale = max(1.0, 400.0 / max(grid.shape))
+    fig = plt.figure(
+        figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100 + (0.3 if title else 0)),
+        dpi=100,
+    )
+    ax = fig.add_axes((0, 0, 1, grid.shape[0] / (grid.shape[0] + (30 / scale if title else 0))))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9, y=0.995, va="top")
+    _save_figure(fig, path)
+
+
+def manifold_latents(grid: int) -> torch.Tensor:
+    """Figure 4's latent grid: K x K points of the open unit square through Phi^-1.
+
+    Row r, column c has z = (Phi^-1(u_c), Phi^-1(1 - u_r)), so z2 grows upwards as in a plot.
+    """
+    if grid < 2:
+        raise ConfigError(f"--grid must be at least 2, got {grid}")
+    u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    z = math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+    z1 = z.repeat(grid)
+    z2 = z.flip(0).repeat_interleave(grid)
+    return torch.stack([z1, z2], dim=1).float()
+
+
+def plot_curves(
+    runs: Sequence[tuple[str, list[dict]]], path: str | Path, title: str = "Lower bound"
+) -> None:
+    """Bound per datapoint against training samples evaluated (log x-axis), train and test."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, records) in enumerate(runs):
+        recs = [r for r in records if r.get("samples_seen", 0) > 0]
+        if not recs:
+            continue
+        s = [r["samples_seen"] for r in recs]
+        color = colors[i % len(colors)]
+        if "train_bound" in recs[0]:
+            ax.plot(s, [r["train_bound"] for r in recs], "-", color=color, label=f"{label} train")
+        if "test_bound" in recs[0]:
+            ax.plot(s, [r["test_bound"] for r in recs], "--", color=color, label=f"{label} test")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples evaluated")
+    ax.set_ylabel("lower bound per datapoint (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)

@@ -1,0 +1,146 @@
+"""The variational auto-encoder of PAPER.md section 5: encoder, decoder and prior in one module."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .distributions import POSTERIORS, PRIORS, has_analytic_kl
+from .errors import ConfigError
+from .estimators import ESTIMATORS, elbo
+from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a VAE's architecture (stored in a run's config.json)."""
+
+    x_dim: int
+    latent_dim: int = 20
+    hidden: int = 500
+    depth: int = 1
+    activation: str = "tanh"
+    likelihood: str = "bernoulli"
+    posterior: str = "normal"
+    prior: str = "normal"
+    image_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_shape is not None:
+            self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
+        for name, value, choices in (
+            ("likelihood", self.likelihood, LIKELIHOODS),
+            ("posterior", self.posterior, POSTERIORS),
+            ("prior", self.prior, PRIORS),
+            ("activation", self.activation, ACTIVATIONS),
+        ):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {sorted(choices)}")
+        for name in ("x_dim", "latent_dim", "hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.depth < 0:
+            raise ConfigError(f"depth must be >= 0, got {self.depth}")
+        if self.image_shape is not None and int(np.prod(self.image_shape)) != self.x_dim:
+            raise ConfigError(
+                f"image shape {self.image_shape} has {int(np.prod(self.image_shape))} pixels "
+                f"but the data has {self.x_dim} columns"
+            )
+
+    def supports_estimator(self, estimator: str) -> bool:
+        """Estimator A always works; B needs an analytic KL(posterior || prior)."""
+        if estimator == "A":
+            return True
+        prior_type = type(PRIORS[self.prior](1))
+        return estimator == "B" and has_analytic_kl(POSTERIORS[self.posterior], prior_type)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["image_shape"] is not None:
+            d["image_shape"] = list(d["image_shape"])
+        return d
+
+
+class VAE(nn.Module):
+    """Encoder q(z|x), decoder p(x|z) and prior p(z), with the paper's estimators of the bound."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = Encoder(
+            POSTERIORS[c.posterior], c.x_dim, c.latent_dim, c.hidden, c.depth, c.activation
+        )
+        self.decoder = Decoder(
+            LIKELIHOODS[c.likelihood], c.latent_dim, c.x_dim, c.hidden, c.depth, c.activation
+        )
+        self.prior = PRIORS[c.prior](c.latent_dim)
+
+    # ----------------------------------------------------------------- set-up
+    def init_parameters(self, std: float = 0.01, generator: torch.Generator | None = None) -> None:
+        """Draw every weight and bias from N(0, std^2), the paper's initialisation (section 5)."""
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _as_tensor(self, x) -> Tensor:
+        p = next(self.parameters())
+        return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(
+            device=p.device, dtype=p.dtype
+        )
+
+    # ----------------------------------------------------------------- the user API
+    def encode(self, x) -> tuple[Tensor, ...]:
+        """Posterior parameters for x: (mu, logvar) for the Gaussian posterior."""
+        return self.encoder(self._as_tensor(x))
+
+    def decode(self, z) -> tuple[Tensor, ...]:
+        """Likelihood parameters for z: (logits,) for Bernoulli, (mean, logvar) for Gaussian."""
+        return self.decoder(self._as_tensor(z))
+
+    def decode_mean(self, z) -> Tensor:
+        """E[x|z]: the image a latent point decodes to."""
+        return self.decoder.likelihood.mean(self.decode(z))
+
+    def elbo(
+        self,
+        x,
+        estimator: str = "B",
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-datapoint lower bound (nats) by SGVB estimator A or B with L = ``samples``."""
+        if estimator not in ESTIMATORS or not self.config.supports_estimator(estimator):
+            raise ConfigError(
+                f"estimator {estimator!r} is not available for this posterior and prior; use 'A'"
+            )
+        return elbo(
+            self.encoder,
+            self.decoder,
+            self.prior,
+            self._as_tensor(x),
+            estimator,
+            samples,
+            generator,
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoder means for n latent points drawn from the prior (Figure 5)."""
+        z = self.prior.rsample(
+            n, generator, device=self.device, dtype=next(self.parameters()).dtype
+        )
+        return self.decode_mean(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x) -> Tensor:
+        """Decoder mean at the posterior mean of each x."""
+        return self.decode_mean(self.encode(x)[0])

@@ -1,0 +1,401 @@
+"""The one training engine (Algorithm 1 and the protocol of PAPER.md section 6).
+
+An *algorithm* is only the step it takes on a minibatch (:class:`Algorithm`); the :class:`Trainer`
+owns everything else: minibatch order, binarization, the evaluation schedule, metrics,
+checkpoints and resume. AEVB is :class:`AEVB`; later baselines plug into the same loop.
+
+Objective and weight prior. For N training points and a minibatch of M, the paper maximises
+(N/M) sum_i L(x_i) + log p(theta) with p(theta) = N(0, I). We divide the whole objective by N so the
+reported number is a per-datapoint bound in nats:
+
+    J(theta) = (1/M) sum_i L(x_i) - ||theta||^2 / (2 N)
+
+so the N(0, I) prior is a weight decay of exactly 1/N on the per-datapoint loss (applied through the
+optimizer's ``weight_decay``). Dividing by N changes no optimum, and Adagrad is invariant to the
+scale of the gradient (up to its epsilon).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import runs
+from .data.base import binarize_tensor
+from .errors import ConfigError
+from .model import VAE
+
+OPTIMIZERS = ("adagrad", "adam")
+LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
+"""`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (stored in config.json)."""
+
+    algorithm: str = "aevb"
+    estimator: str = "B"
+    samples: int = 1
+    batch_size: int = 100
+    optimizer: str = "adagrad"
+    lr: float | str = "auto"
+    weight_prior: bool = True
+    init: str = "paper"
+    init_std: float = 0.01
+    budget: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    binarize: str = "grey"
+    eval_per_decade: int = 4
+    eval_size: int = 10_000
+    checkpoint_seconds: float = 300.0
+    lr_trial_samples: int | None = None
+    lr_search: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("A", "B"):
+            raise ConfigError(f"unknown estimator {self.estimator!r}; choose A or B")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.init not in ("paper", "torch"):
+            raise ConfigError(f"unknown init {self.init!r}; choose paper or torch")
+        if isinstance(self.lr, str) and self.lr != "auto":
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise ConfigError(f"--lr must be a number or 'auto', got {self.lr!r}") from None
+        if not isinstance(self.lr, str) and not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for name in ("samples", "batch_size", "eval_per_decade", "eval_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.budget is not None and self.epochs is not None:
+            raise ConfigError("give either --budget (training samples) or --epochs, not both")
+        if self.budget is not None and self.budget < 1:
+            raise ConfigError(f"--budget must be positive, got {self.budget}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adagrad (the paper's) or Adam; ``weight_decay`` = 1/N realises the N(0, I) weight prior."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adam":
+        # Adam's weight_decay is L2 on the gradient (not AdamW), i.e. the same Gaussian prior.
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Flatten an optimizer's state into safetensors-ready tensors and JSON-able metadata."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, float] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict):
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    for key, v in meta.get("scalars", {}).items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --------------------------------------------------------------------------- algorithms
+
+
+class Algorithm:
+    """One training step on a minibatch; subclasses differ only in the step they take."""
+
+    name = ""
+
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
+        self.model = model
+        self.config = config
+        self.n_train = n_train
+        wd = 1.0 / n_train if config.weight_prior else 0.0
+        self.optimizer = make_optimizer(model.parameters(), config.optimizer, lr, wd)
+
+    def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Update the parameters on minibatch x; return the minibatch's mean bound (no sync)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Per-datapoint lower bound reported for this algorithm's model."""
+        c = self.config
+        return self.model.elbo(x, c.estimator, c.samples, generator)
+
+
+class AEVB(Algorithm):
+    """Algorithm 1: a gradient step on the SGVB estimate of the minibatch bound."""
+
+    name = "aevb"
+
+    def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        c = self.config
+        bound = self.model.elbo(x, c.estimator, c.samples, generator).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        (-bound).backward()
+        self.optimizer.step()
+        return bound.detach()
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {"aevb": AEVB}
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
+    """Log-spaced sample counts (whole minibatches) at which train and test bounds are logged."""
+    points = {0, total}
+    k = 0
+    while True:
+        s = int(round(10 ** (k / per_decade)))
+        if s > total:
+            break
+        if s >= batch:
+            points.add(min(total, int(math.ceil(s / batch)) * batch))
+        k += 1
+    return sorted(points)
+
+
+def _split_seed(seed: int, *parts: int) -> int:
+    """A deterministic 63-bit seed for the (seed, part...) streams: epochs, evaluations, ..."""
+    ss = np.random.SeedSequence([seed, *parts])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Runs an algorithm over a dataset for a budget, logging, checkpointing and resuming."""
+
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        train_x: Tensor,
+        test_x: Tensor | None,
+        config: TrainConfig,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        on_eval: Callable[[dict], None] | None = None,
+        evaluate_points: bool = True,
+    ) -> None:
+        self.alg = algorithm
+        self.model = algorithm.model
+        self.config = config
+        self.train_x = train_x
+        self.test_x = test_x
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.on_eval = on_eval
+        n, m = len(train_x), config.batch_size
+        if n < m:
+            raise ConfigError(
+                f"the training set has {n} points, fewer than the minibatch size {m}; "
+                f"use --batch-size {n} or less"
+            )
+        self.steps_per_epoch = n // m  # the last partial minibatch of an epoch is dropped
+        if config.epochs is not None:
+            self.total = config.epochs * self.steps_per_epoch * m
+        else:
+            self.total = int(math.ceil((config.budget or 1_000_000) / m)) * m
+        self.schedule = (
+            eval_schedule(self.total, m, config.eval_per_decade) if evaluate_points else []
+        )
+        self.trace: list[float] = []  # mean training bound of every group of logged steps
+        self.records: list[dict] = []  # evaluation records of this call
+        self.noise = torch.Generator(device=train_x.device).manual_seed(_split_seed(config.seed, 1))
+        self.step_count = 0
+        self.seconds = 0.0
+        self._epoch_x: Tensor | None = None
+        self._epoch_perm: Tensor | None = None
+        self._epoch = -1
+
+    # ---------------------------------------------------------------- data order
+    def _epoch_data(self, epoch: int) -> tuple[Tensor, Tensor]:
+        """Binarized training data and minibatch order of an epoch, from (seed, epoch) alone."""
+        if epoch != self._epoch:
+            c = self.config
+            x = self.train_x
+            if c.binarize == "dynamic":
+                x = binarize_tensor(x, "dynamic", _split_seed(c.seed, 2, epoch))
+            elif c.binarize == "static":
+                x = binarize_tensor(x, "static", _split_seed(c.seed, 3))
+            g = torch.Generator().manual_seed(_split_seed(c.seed, 4, epoch))
+            self._epoch_perm = torch.randperm(len(x), generator=g).to(x.device)
+            self._epoch_x, self._epoch = x, epoch
+        return self._epoch_x, self._epoch_perm
+
+    def _eval_data(self, x: Tensor, split_id: int) -> Tensor:
+        """At most eval_size points, binarized by one fixed draw for the dynamic/static modes."""
+        x = x[: self.config.eval_size]
+        mode = self.config.binarize
+        if mode in ("dynamic", "static"):
+            x = binarize_tensor(x, "static", _split_seed(self.config.seed, 5, split_id))
+        return x
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Train and test bounds (mean and standard error over points) at the current step."""
+        rec: dict = {"samples_seen": self.samples_seen, "seconds": round(self.seconds, 3)}
+        g = torch.Generator(device=self.train_x.device).manual_seed(
+            _split_seed(self.config.seed, 6, self.samples_seen)
+        )
+        self.model.eval()
+        for split_id, (name, x) in enumerate((("train", self.train_x), ("test", self.test_x))):
+            if x is None:
+                continue
+            xe = self._eval_data(x, split_id)
+            b = torch.cat([self.alg.evaluate(xe[i : i + 2000], g) for i in range(0, len(xe), 2000)])
+            rec[f"{name}_bound"] = float(b.mean())
+            rec[f"{name}_bound_se"] = float(b.std() / math.sqrt(len(b))) if len(b) > 1 else 0.0
+        self.model.train()
+        return rec
+
+    @property
+    def samples_seen(self) -> int:
+        return self.step_count * self.config.batch_size
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> tuple[dict[str, Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_t, opt_meta = optimizer_tensors(self.alg.optimizer)
+        tensors.update(opt_t)
+        tensors["rng.noise"] = self.noise.get_state()
+        meta = {
+            "step": self.step_count,
+            "samples_seen": self.samples_seen,
+            "seconds": self.seconds,
+            "optimizer": opt_meta,
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_sd)
+        load_optimizer_tensors(self.alg.optimizer, tensors, meta["optimizer"])
+        self.noise.set_state(tensors["rng.noise"])
+        self.step_count = int(meta["step"])
+        self.seconds = float(meta["seconds"])
+
+    def checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        tensors, meta = self.state()
+        runs.save_tensors(self.run_dir / runs.STATE, tensors, meta)
+        runs.save_tensors(
+            self.run_dir / runs.MODEL,
+            self.model.state_dict(),
+            {"samples_seen": self.samples_seen},
+        )
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> list[dict]:
+        """Train to the budget; return the metrics recorded by this call."""
+        c, m = self.config, self.config.batch_size
+        records: list[dict] = []
+        total_steps = self.total // m
+        pending = [s for s in self.schedule if s >= self.samples_seen]
+        if pending and pending[0] == self.samples_seen and self.step_count == 0:
+            records.append(self._log(self.evaluate()))
+            pending.pop(0)
+        elif pending and pending[0] == self.samples_seen:
+            pending.pop(0)  # already logged before the checkpoint we resumed from
+        bar = tqdm(
+            total=self.total,
+            initial=self.samples_seen,
+            unit="samples",
+            unit_scale=True,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        running = torch.zeros((), device=self.train_x.device)
+        n_running = 0
+        last_ckpt = time.monotonic()
+        t0 = time.perf_counter()
+        try:
+            while self.step_count < total_steps:
+                epoch, pos = divmod(self.step_count, self.steps_per_epoch)
+                x, perm = self._epoch_data(epoch)
+                xb = x[perm[pos * m : (pos + 1) * m]]
+                running += self.alg.step(xb, self.noise)
+                n_running += 1
+                self.step_count += 1
+                if n_running == 20 or self.step_count == total_steps:
+                    mean_bound = float(running) / n_running
+                    self.trace.append(mean_bound)
+                    bar.update(n_running * m)
+                    bar.set_postfix(bound=f"{mean_bound:.2f}", refresh=False)
+                    running.zero_()
+                    n_running = 0
+                if pending and self.samples_seen >= pending[0]:
+                    self.seconds += time.perf_counter() - t0
+                    records.append(self._log(self.evaluate()))
+                    pending.pop(0)
+                    self.checkpoint()
+                    last_ckpt = time.monotonic()
+                    t0 = time.perf_counter()
+                elif time.monotonic() - last_ckpt > c.checkpoint_seconds:
+                    self.seconds += time.perf_counter() - t0
+                    self.checkpoint()
+                    last_ckpt = time.monotonic()
+                    t0 = time.perf_counter()
+        finally:
+            bar.close()
+        return records
+
+    def _log(self, rec: dict) -> dict:
+        if not all(math.isfinite(v) for v in rec.values() if isinstance(v, float)):
+            raise FloatingPointError(
+                f"non-finite bound at {rec['samples_seen']} samples: {rec}; "
+                "try a smaller --lr or the default --init paper"
+            )
+        self.records.append(rec)
+        if self.run_dir is not None:
+            runs.append_metrics(self.run_dir, rec)
+        if self.on_eval is not None:
+            self.on_eval(rec)
+        elif self.progress:
+            nan = float("nan")
+            tqdm.write(
+                f"{rec['samples_seen']:>12,d} samples  train {rec.get('train_bound', nan):9.3f}"
+                f"  test {rec.get('test_bound', nan):9.3f}"
+            )
+        return rec
