@@ -1,0 +1,20 @@
+"""Shared fixtures. Real-data tests read $AEVB_DATA_DIR (../shared/data in CI) and skip without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The folder of real datasets (mnist/, binarized_mnist/, frey/), or skip the test."""
+    d = os.environ.get("AEVB_DATA_DIR")
+    if not d or not Path(d).is_dir():
+        pytest.skip("set AEVB_DATA_DIR to the shared data folder (../shared/data) to run this test")
+    return Path(d)
