@@ -152,9 +152,8 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
 
     Equal to -BCEWithLogits; valid for targets in [0, 1] (grey levels as in the paper's era).
     """
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-        -1
-    )
+    logits, x = torch.broadcast_tensors(logits, x)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 def gaussian_log_prob(mean: Tensor, logvar: Tensor, x: Tensor) -> Tensor:
