@@ -63,6 +63,7 @@ def _build_model(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> 
 
 
 def _data_tensors(ds: Dataset, likelihood: str, binarize: str, device: torch.device):
+    ds.split("train")  # a dataset without its training files says which file to get
     check_support(ds.train, likelihood, binarize, f"{ds.name} (train)")
     if ds.test is not None:
         check_support(ds.test, likelihood, binarize, f"{ds.name} (test)")
@@ -144,6 +145,7 @@ def train(
     binarize: str = "grey",
     data_dir: str | Path | None = None,
     image_shape: tuple[int, int] | None = None,
+    validation: bool = False,
     init: str = "paper",
     weight_prior: bool = True,
     eval_per_decade: int = 4,
@@ -158,6 +160,7 @@ def train(
     training_state.safetensors, metrics.jsonl, figures/); ``resume`` continues such a run where it
     stopped (``budget`` or ``epochs`` may extend it). ``hidden`` defaults to the dataset's
     recommendation (500 for MNIST, 200 for Frey Face and digits), ``likelihood`` to the dataset's.
+    ``validation`` trains MNIST on its first 50 000 images, holding out the last 10 000 as "valid".
     """
     dev = resolve_device(device)
     if resume is not None:
@@ -184,7 +187,9 @@ def train(
         eval_size=eval_size,
         checkpoint_seconds=checkpoint_seconds,
     )
-    ds = load_dataset(data, data_dir=data_dir, image_shape=image_shape)
+    ds = load_dataset(
+        data, data_dir=data_dir, image_shape=image_shape, validation=validation, progress=progress
+    )
     mcfg = ModelConfig(
         x_dim=ds.x_dim,
         latent_dim=latent_dim,
@@ -212,6 +217,7 @@ def train(
             "image_shape": list(ds.image_shape) if ds.image_shape else None,
             "n_train": len(ds.train),
             "n_test": len(ds.test) if ds.test is not None else 0,
+            "validation": validation,
             "description": ds.description,
         },
     }
@@ -243,6 +249,8 @@ def _resume(
         cfg["data"]["spec"],
         data_dir=cfg["data"].get("data_dir"),
         image_shape=mcfg.image_shape,
+        validation=bool(cfg["data"].get("validation", False)),
+        progress=progress,
     )
     if ds.x_dim != mcfg.x_dim:
         raise DataError(
@@ -343,8 +351,14 @@ def _run_data(
         if data_dir is not None
         else (cfg["data"].get("data_dir") if data is None else None)
     )
+    same = spec == cfg["data"]["spec"]
     ds = load_dataset(
-        spec, data_dir=ddir, image_shape=model.config.image_shape if data is None else None
+        spec,
+        data_dir=ddir,
+        image_shape=model.config.image_shape if data is None else None,
+        splits=(split,),
+        validation=spec == "mnist"
+        and (split == "valid" or (same and bool(cfg["data"].get("validation", False)))),
     )
     if ds.x_dim != model.config.x_dim:
         raise DataError(

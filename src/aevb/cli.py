@@ -50,10 +50,15 @@ def _data_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument(
         "--data",
         default=default,
-        help="dataset name (digits) or a .npy/.npz/.csv file; rows are datapoints"
+        help="dataset name (digits, mnist, binarized-mnist, frey) or a .npy/.npz/.csv file; "
+        "rows are datapoints"
         + (f" (default: {default})" if default else " (default: the run's training data)"),
     )
-    p.add_argument("--data-dir", help="folder holding the named datasets (else $AEVB_DATA_DIR)")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding mnist/, binarized_mnist/, frey/ (else $AEVB_DATA_DIR, else "
+        "~/.cache/aevb; missing files are downloaded there)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--binarize", choices=BINARIZE_MODES, default="grey")
     t.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"))
     t.add_argument(
+        "--validation",
+        action="store_true",
+        help="MNIST: train on the first 50 000 images, hold out the last 10 000 as split 'valid'",
+    )
+    t.add_argument(
         "--init", choices=["paper", "torch"], default="paper", help="N(0,0.01^2) or torch"
     )
     t.add_argument(
@@ -108,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="lower bound on a split, with its standard error")
     e.add_argument("run_dir", metavar="RUNDIR")
     _data_args(e, None)
-    e.add_argument("--split", default="test", help="train or test (default test)")
+    e.add_argument("--split", default="test", help="train, test or valid (default test)")
     e.add_argument("--binarize", choices=BINARIZE_MODES, help="default: the run's")
     e.add_argument("--estimator", choices=["A", "B"])
     e.add_argument("--samples", type=_positive_int, default=1)
@@ -169,6 +179,7 @@ def _run(args: argparse.Namespace) -> int:
             binarize=args.binarize,
             data_dir=args.data_dir,
             image_shape=tuple(args.image_shape) if args.image_shape else None,
+            validation=args.validation,
             init=args.init,
             weight_prior=args.weight_prior,
             eval_per_decade=args.eval_per_decade,

@@ -1,20 +1,33 @@
 """Data layer: named datasets, user array files, binarization and validation.
 
-``load_dataset(spec)`` is the single entry point: ``spec`` is a registered name (``digits``) or a
-path to a user file. Loaders for more named datasets register themselves in ``DATASETS``.
+``load_dataset(spec)`` is the single entry point: ``spec`` is a registered name (``digits``,
+``mnist``, ``binarized-mnist``, ``frey``) or a path to a user file. Named real datasets live in a
+data directory (see :mod:`aevb.data.download`); each loader takes ``data_dir`` and keywords.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .arrays import USER_SUFFIXES, load_array_file
 from .base import BINARIZE_MODES, Dataset, binarize_tensor, check_finite, check_support
+from .binarized_mnist import load_binarized_mnist
 from .digits import load_digits
+from .download import data_root
+from .frey import load_frey
+from .mnist import load_mnist
 
-DATASETS: dict[str, Callable[..., Dataset]] = {"digits": lambda **_: load_digits()}
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": lambda **_: load_digits(),
+    "mnist": load_mnist,
+    "binarized-mnist": load_binarized_mnist,
+    "frey": load_frey,
+}
+VALIDATION_DATASETS = ("mnist", "binarized-mnist")
+"""Datasets with a validation split: MNIST's last 10 000 training images on request
+(``validation=True``); binarized MNIST's own valid split always."""
 
 
 def load_dataset(
@@ -22,10 +35,25 @@ def load_dataset(
     *,
     data_dir: str | Path | None = None,
     image_shape: tuple[int, int] | None = None,
+    splits: Sequence[str] | None = None,
+    validation: bool = False,
+    progress: bool = True,
 ) -> Dataset:
-    """Load a registered dataset by name, or a user .npy/.npz/.csv file by path."""
+    """Load a registered dataset by name, or a user .npy/.npz/.csv file by path.
+
+    ``splits`` names the splits the caller needs (default: all); a named dataset downloads the
+    files of those splits if missing and uses its other splits only if present. ``validation``
+    holds out MNIST's last 10 000 training images as the split "valid".
+    """
+    if validation and spec not in VALIDATION_DATASETS:
+        raise ConfigError(
+            f"--validation is defined for {list(VALIDATION_DATASETS)}, not {spec!r}; "
+            "hold out data yourself with an .npz of train and test arrays"
+        )
     if spec in DATASETS:
-        ds = DATASETS[spec](data_dir=data_dir)
+        ds = DATASETS[spec](
+            data_dir=data_dir, splits=splits, validation=validation, progress=progress
+        )
         if image_shape is not None:
             ds.image_shape = tuple(image_shape)
         return ds
@@ -45,5 +73,6 @@ __all__ = [
     "binarize_tensor",
     "check_finite",
     "check_support",
+    "data_root",
     "load_dataset",
 ]

@@ -33,6 +33,10 @@ class Dataset:
     default_hidden: int = 500
     description: str = ""
     extra_splits: dict[str, np.ndarray] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    """Splits whose files are absent, each with the one-line message saying how to get them."""
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    """Class labels per split where the dataset has them (not used for training)."""
 
     @property
     def x_dim(self) -> int:
@@ -40,6 +44,8 @@ class Dataset:
 
     def split(self, name: str) -> np.ndarray:
         """The named split ("train", "test", or a loader-specific one such as "valid")."""
+        if name in self.missing:
+            raise DataError(self.missing[name])
         if name == "train":
             return self.train
         if name == "test":
