@@ -61,12 +61,16 @@ class TrainConfig:
     checkpoint_seconds: float = 300.0
     lr_trial_samples: int | None = None
     lr_search: dict | None = None
+    full_vb_eval: str = "mean"  # full VB: bound at the posterior mean of theta, or "sample"
+    full_vb_eval_samples: int = 10  # full VB, "sample": draws of theta averaged
 
     def __post_init__(self) -> None:
         if self.estimator not in ("A", "B"):
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose A or B")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.full_vb_eval not in ("mean", "sample"):
+            raise ConfigError(f"unknown full_vb_eval {self.full_vb_eval!r}; choose mean or sample")
         if self.init not in ("paper", "torch"):
             raise ConfigError(f"unknown init {self.init!r}; choose paper or torch")
         if isinstance(self.lr, str) and self.lr != "auto":
