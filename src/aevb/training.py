@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 from . import runs
 from .data.base import binarize_tensor
 from .errors import ConfigError
+from .fast import FastStep, unsupported_optimizer, unsupported_reason
 from .model import VAE
 
 OPTIMIZERS = ("adagrad", "adam")
+ENGINES = ("auto", "fast", "autograd")
 LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
 """`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
 
@@ -61,6 +63,7 @@ class TrainConfig:
     checkpoint_seconds: float = 300.0
     lr_trial_samples: int | None = None
     lr_search: dict | None = None
+    engine: str = "auto"  # AEVB's step: "fast" (aevb.fast), "autograd", or "auto" (fast if covered)
     full_vb_eval: str = "mean"  # full VB: bound at the posterior mean of theta, or "sample"
     full_vb_eval_samples: int = 10  # full VB, "sample": draws of theta averaged
 
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.full_vb_eval not in ("mean", "sample"):
             raise ConfigError(f"unknown full_vb_eval {self.full_vb_eval!r}; choose mean or sample")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; choose one of {ENGINES}")
         if self.init not in ("paper", "torch"):
             raise ConfigError(f"unknown init {self.init!r}; choose paper or torch")
         if isinstance(self.lr, str) and self.lr != "auto":
@@ -109,6 +114,17 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.o
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
+def _owned(t: Tensor) -> Tensor:
+    """t, or a copy of it when it is a view into a larger buffer.
+
+    safetensors refuses tensors that share memory, and the fast engine keeps the parameters and
+    the optimizer state as views into flat buffers.
+    """
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.detach().clone()
+    return t
+
+
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
     """Flatten an optimizer's state into safetensors-ready tensors and JSON-able metadata."""
     sd = opt.state_dict()
@@ -117,7 +133,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], di
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"optim.{idx}.{k}"] = v
+                tensors[f"optim.{idx}.{k}"] = _owned(v)
             else:
                 scalars[f"{idx}.{k}"] = v
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
@@ -155,6 +171,10 @@ class Algorithm:
         """Update the parameters on minibatch x; return the minibatch's mean bound (no sync)."""
         raise NotImplementedError
 
+    def extra_metrics(self) -> dict:
+        """Algorithm-specific numbers added to each metrics record (none for AEVB)."""
+        return {}
+
     @torch.no_grad()
     def evaluate(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Per-datapoint lower bound reported for this algorithm's model."""
@@ -163,11 +183,35 @@ class Algorithm:
 
 
 class AEVB(Algorithm):
-    """Algorithm 1: a gradient step on the SGVB estimate of the minibatch bound."""
+    """Algorithm 1: a gradient step on the SGVB estimate of the minibatch bound.
+
+    The step runs on the fast engine (:mod:`aevb.fast`: hand-written forward and backward, flat
+    buffers, one fused optimizer kernel) when it covers the model, else on autograd; both compute
+    the same estimator from the same noise. ``engine`` says which; ``engine_note`` why not fast.
+    """
 
     name = "aevb"
 
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
+        super().__init__(model, config, n_train, lr)
+        self.fast: FastStep | None = None
+        self.engine_note: str | None = None
+        choice = getattr(config, "engine", "auto")
+        if choice != "autograd":
+            reason = unsupported_reason(model, config.estimator) or unsupported_optimizer(
+                self.optimizer
+            )
+            if reason is None:
+                self.fast = FastStep(model, self.optimizer, config.estimator, config.samples)
+            elif choice == "fast":
+                raise ConfigError(f"engine 'fast' cannot train this model: {reason}; use auto")
+            else:
+                self.engine_note = f"autograd step ({reason})"
+        self.engine = "fast" if self.fast is not None else "autograd"
+
     def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.fast is not None:
+            return self.fast.step(x, generator)
         c = self.config
         bound = self.model.elbo(x, c.estimator, c.samples, generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -290,6 +334,7 @@ class Trainer:
             rec[f"{name}_bound"] = float(b.mean())
             rec[f"{name}_bound_se"] = float(b.std() / math.sqrt(len(b))) if len(b) > 1 else 0.0
         self.model.train()
+        rec.update(self.alg.extra_metrics())
         return rec
 
     @property
@@ -298,7 +343,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> tuple[dict[str, Tensor], dict]:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": _owned(v) for k, v in self.model.state_dict().items()}
         opt_t, opt_meta = optimizer_tensors(self.alg.optimizer)
         tensors.update(opt_t)
         tensors["rng.noise"] = self.noise.get_state()
@@ -325,7 +370,7 @@ class Trainer:
         runs.save_tensors(self.run_dir / runs.STATE, tensors, meta)
         runs.save_tensors(
             self.run_dir / runs.MODEL,
-            self.model.state_dict(),
+            {k: _owned(v) for k, v in self.model.state_dict().items()},
             {"samples_seen": self.samples_seen},
         )
 
@@ -351,6 +396,13 @@ class Trainer:
             leave=False,
         )
         running = torch.zeros((), device=self.train_x.device)
+        # one minibatch buffer for the whole run: no large allocation (and page faults) per step
+        xb = torch.empty(
+            (m, *self.train_x.shape[1:]), dtype=self.train_x.dtype, device=self.train_x.device
+        )
+        note = getattr(self.alg, "engine_note", None)
+        if note and self.progress:
+            tqdm.write(f"engine: {note}")
         n_running = 0
         last_ckpt = time.monotonic()
         t0 = time.perf_counter()
@@ -358,7 +410,7 @@ class Trainer:
             while self.step_count < total_steps:
                 epoch, pos = divmod(self.step_count, self.steps_per_epoch)
                 x, perm = self._epoch_data(epoch)
-                xb = x[perm[pos * m : (pos + 1) * m]]
+                torch.index_select(x, 0, perm[pos * m : (pos + 1) * m], out=xb)
                 running += self.alg.step(xb, self.noise)
                 n_running += 1
                 self.step_count += 1
