@@ -171,9 +171,20 @@ class Algorithm:
         """Update the parameters on minibatch x; return the minibatch's mean bound (no sync)."""
         raise NotImplementedError
 
+    #: Whether ``step`` needs the minibatch's row indices in the training set (``index=``), e.g.
+    #: for persistent per-datapoint state such as Monte Carlo EM's chains.
+    needs_index = False
+
     def extra_metrics(self) -> dict:
         """Algorithm-specific numbers added to each metrics record (none for AEVB)."""
         return {}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Algorithm state beyond model and optimizer, saved with every checkpoint."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_tensors` saved."""
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -347,6 +358,7 @@ class Trainer:
         opt_t, opt_meta = optimizer_tensors(self.alg.optimizer)
         tensors.update(opt_t)
         tensors["rng.noise"] = self.noise.get_state()
+        tensors.update({f"alg.{k}": v for k, v in self.alg.state_tensors().items()})
         meta = {
             "step": self.step_count,
             "samples_seen": self.samples_seen,
@@ -360,6 +372,7 @@ class Trainer:
         self.model.load_state_dict(model_sd)
         load_optimizer_tensors(self.alg.optimizer, tensors, meta["optimizer"])
         self.noise.set_state(tensors["rng.noise"])
+        self.alg.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("alg.")})
         self.step_count = int(meta["step"])
         self.seconds = float(meta["seconds"])
 
@@ -410,8 +423,12 @@ class Trainer:
             while self.step_count < total_steps:
                 epoch, pos = divmod(self.step_count, self.steps_per_epoch)
                 x, perm = self._epoch_data(epoch)
-                torch.index_select(x, 0, perm[pos * m : (pos + 1) * m], out=xb)
-                running += self.alg.step(xb, self.noise)
+                idx = perm[pos * m : (pos + 1) * m]
+                torch.index_select(x, 0, idx, out=xb)
+                if self.alg.needs_index:
+                    running += self.alg.step(xb, self.noise, index=idx)
+                else:
+                    running += self.alg.step(xb, self.noise)
                 n_running += 1
                 self.step_count += 1
                 if n_running == 20 or self.step_count == total_steps:
