@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import runs
 from .data.base import binarize_tensor
 from .errors import ConfigError
-from .fast import FastStep, unsupported_optimizer, unsupported_reason
+from .fast import FastStep, tune_allocator, unsupported_optimizer, unsupported_reason
 from .model import VAE
 
 OPTIMIZERS = ("adagrad", "adam")
@@ -66,6 +66,14 @@ class TrainConfig:
     engine: str = "auto"  # AEVB's step: "fast" (aevb.fast), "autograd", or "auto" (fast if covered)
     full_vb_eval: str = "mean"  # full VB: bound at the posterior mean of theta, or "sample"
     full_vb_eval_samples: int = 10  # full VB, "sample": draws of theta averaged
+    mcem_leapfrog: int = 10  # Monte Carlo EM (Appendix E): leapfrog steps per HMC transition
+    mcem_updates: int = 5  # parameter updates per sample
+    mcem_target_accept: float = 0.9
+    mcem_step_size: float = 0.1  # initial leapfrog step size of every chain
+    mcem_adapt_rate: float = 1.0  # Robbins-Monro rate of the log step size
+    eval_marginal: str | None = None  # also log log p(x) at evaluations: "is" or "hmc" (Appendix D)
+    eval_marginal_points: int = 1000  # first points of each split used for it (the paper's 1 000)
+    eval_importance_samples: int = 5000
 
     def __post_init__(self) -> None:
         if self.estimator not in ("A", "B"):
@@ -76,6 +84,12 @@ class TrainConfig:
             raise ConfigError(f"unknown full_vb_eval {self.full_vb_eval!r}; choose mean or sample")
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine {self.engine!r}; choose one of {ENGINES}")
+        if self.eval_marginal not in (None, "is", "hmc"):
+            raise ConfigError(f"unknown eval_marginal {self.eval_marginal!r}; choose is or hmc")
+        if self.algorithm == "mcem" and self.eval_marginal is None:
+            self.eval_marginal = "hmc"  # MCEM has no bound: report log p(x) instead
+        if self.algorithm == "mcem" and self.eval_marginal == "is":
+            raise ConfigError("MCEM trains no encoder to propose from; use eval_marginal='hmc'")
         if self.init not in ("paper", "torch"):
             raise ConfigError(f"unknown init {self.init!r}; choose paper or torch")
         if isinstance(self.lr, str) and self.lr != "auto":
@@ -171,6 +185,8 @@ class Algorithm:
         """Update the parameters on minibatch x; return the minibatch's mean bound (no sync)."""
         raise NotImplementedError
 
+    #: Whether the algorithm has a lower bound to report (Monte Carlo EM has none).
+    has_bound = True
     #: Whether ``step`` needs the minibatch's row indices in the training set (``index=``), e.g.
     #: for persistent per-datapoint state such as Monte Carlo EM's chains.
     needs_index = False
@@ -249,6 +265,11 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
             points.add(min(total, int(math.ceil(s / batch)) * batch))
         k += 1
     return sorted(points)
+
+
+def _se(values: Tensor) -> float:
+    """Standard error of the mean over datapoints."""
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def _split_seed(seed: int, *parts: int) -> int:
@@ -341,12 +362,30 @@ class Trainer:
             if x is None:
                 continue
             xe = self._eval_data(x, split_id)
-            b = torch.cat([self.alg.evaluate(xe[i : i + 2000], g) for i in range(0, len(xe), 2000)])
-            rec[f"{name}_bound"] = float(b.mean())
-            rec[f"{name}_bound_se"] = float(b.std() / math.sqrt(len(b))) if len(b) > 1 else 0.0
+            if self.alg.has_bound:
+                b = torch.cat(
+                    [self.alg.evaluate(xe[i : i + 2000], g) for i in range(0, len(xe), 2000)]
+                )
+                rec[f"{name}_bound"] = float(b.mean())
+                rec[f"{name}_bound_se"] = _se(b)
+            if self.config.eval_marginal is not None:
+                ll = self._log_likelihood(xe[: self.config.eval_marginal_points], g)
+                rec[f"{name}_log_likelihood"] = float(ll.mean())
+                rec[f"{name}_log_likelihood_se"] = _se(ll)
         self.model.train()
         rec.update(self.alg.extra_metrics())
         return rec
+
+    def _log_likelihood(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Per-point log p(x): importance sampling with the encoder ("is") or Appendix D ("hmc")."""
+        from .marginal import hmc_marginal, importance_sampling
+
+        c = self.config
+        if c.eval_marginal == "is":
+            res = importance_sampling(self.model, x, c.eval_importance_samples, generator=generator)
+            return res.log_px
+        init = "encoder" if self.alg.has_bound else "prior"  # MCEM's encoder is never trained
+        return hmc_marginal(self.model, x, init=init, generator=generator).log_px
 
     @property
     def samples_seen(self) -> int:
@@ -413,6 +452,8 @@ class Trainer:
         xb = torch.empty(
             (m, *self.train_x.shape[1:]), dtype=self.train_x.dtype, device=self.train_x.device
         )
+        if self.train_x.device.type == "cpu":
+            tune_allocator()  # the autograd steps (baselines, fallbacks) allocate every step
         note = getattr(self.alg, "engine_note", None)
         if note and self.progress:
             tqdm.write(f"engine: {note}")
@@ -466,9 +507,10 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(rec)
         elif self.progress:
-            nan = float("nan")
-            tqdm.write(
-                f"{rec['samples_seen']:>12,d} samples  train {rec.get('train_bound', nan):9.3f}"
-                f"  test {rec.get('test_bound', nan):9.3f}"
-            )
+            line = f"{rec['samples_seen']:>12,d} samples"
+            for key, label in (("bound", "bound"), ("log_likelihood", "log p(x)")):
+                if f"train_{key}" in rec:
+                    line += f"  {label}: train {rec[f'train_{key}']:9.3f}"
+                    line += f" test {rec.get(f'test_{key}', float('nan')):9.3f}"
+            tqdm.write(line)
         return rec

@@ -1,0 +1,528 @@
+"""Training throughput: aevb's engine against a plain eager PyTorch loop and a matmul ceiling.
+
+Three contenders train the same model (an MLP VAE: D-H-N_z, Bernoulli on 784 pixels or Gaussian on
+560, estimator B unless told, L = 1, the N(0, I) weight prior as weight decay 1/N) on the same
+number of samples:
+
+- ``aevb``: the real training loop of ``aevb train`` (``Trainer.run`` driving the registered
+  algorithm's ``step``; for AEVB that is the fast engine of :mod:`aevb.fast` where it applies);
+- ``plain``: a straightforward eager loop in the style of the official PyTorch VAE example
+  (nn.Module, autograd, ``torch.optim.Adagrad`` with default settings, minibatches sliced from a
+  tensor), with the same math;
+- ``ceiling``: every matrix product of one training step at these shapes, back to back into
+  preallocated outputs, plus one fused optimizer pass over all the parameters: what a step costs
+  with no elementwise work, no Python and no allocation.
+
+Each contender runs in its own worker process (all children of this one), set up once and warmed
+up; the parent then interleaves them, one chunk of samples each in turn, several times, and reports
+medians. The machine may be shared: interleaving spreads the noise over all contenders, and the
+spread (min..max) is printed with each median.
+
+    python benchmarks/bench_train.py                      # the paper's MNIST setting, M=100, N_z=20
+    python benchmarks/bench_train.py --quick              # a few seconds
+    python benchmarks/bench_train.py --data frey -M 100 --latent 20
+    python benchmarks/bench_train.py --table              # docs/PERFORMANCE.md's grid
+    python benchmarks/bench_train.py --million            # wall time of 10^6 training samples
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()  # before importing torch: time to first step counts everything
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+SHAPES = {
+    # name: (x_dim, hidden, likelihood, n_train) as in the paper (MNIST 784-500, Frey 560-200)
+    "mnist": (784, 500, "bernoulli", 50_000),
+    "frey": (560, 200, "gaussian", 1_965),
+}
+CONTENDERS = ("aevb", "plain", "ceiling")
+
+
+# =========================================================================== workers
+
+
+def _synthetic_data(torch, spec: dict):
+    """Training data of the right shape: binary pixels (mean 0.13, like MNIST) or grey levels."""
+    d, _, lik, n = SHAPES[spec["data"]]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, d, generator=g)
+    return (x < 0.13).float() if lik == "bernoulli" else x
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class AevbWorker:
+    """The real Trainer loop of `aevb train` with the registered algorithm."""
+
+    def __init__(self, torch, spec: dict) -> None:
+        from aevb import training
+        from aevb.model import VAE, ModelConfig
+
+        with contextlib.suppress(ImportError):  # registers wake-sleep etc. where they exist
+            import aevb.algorithms  # noqa: F401
+        d, h, lik, _ = SHAPES[spec["data"]]
+        x = _synthetic_data(torch, spec).to(spec["device"])
+        tcfg = training.TrainConfig(
+            algorithm=spec["algorithm"],
+            estimator=spec["estimator"],
+            samples=spec["samples"],
+            batch_size=spec["M"],
+            optimizer=spec["optimizer"],
+            lr=0.02 if spec["optimizer"] == "adagrad" else 1e-3,
+            engine=spec["engine"],
+            budget=10**12,
+        )
+        mcfg = ModelConfig(x_dim=d, latent_dim=spec["latent"], hidden=h, likelihood=lik)
+        model = VAE(mcfg)
+        model.init_parameters(0.01, torch.Generator().manual_seed(1))
+        model = model.to(spec["device"])
+        alg = training.ALGORITHMS[spec["algorithm"]](model, tcfg, len(x), float(tcfg.lr))
+        self.engine = getattr(alg, "engine", "autograd")
+        self.trainer = training.Trainer(alg, x, None, tcfg, progress=False, evaluate_points=False)
+        self.m = spec["M"]
+
+    def run(self, n_samples: int) -> None:
+        t = self.trainer
+        t.total = (t.step_count + max(1, n_samples // self.m)) * self.m
+        t.run()  # the Trainer reads its running bound back every 20 steps: a real sync
+
+
+class PlainWorker:
+    """A plain eager loop in the style of the official PyTorch VAE example, same math as aevb."""
+
+    def __init__(self, torch, spec: dict) -> None:
+        import math
+
+        import torch.nn.functional as F
+        from torch import nn
+
+        d, h, lik, n = SHAPES[spec["data"]]
+        j = spec["latent"]
+        L, est = spec["samples"], spec["estimator"]
+        gaussian = lik == "gaussian"
+        device = spec["device"]
+
+        class VAE(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(d, h)
+                self.fc21 = nn.Linear(h, j)
+                self.fc22 = nn.Linear(h, j)
+                self.fc3 = nn.Linear(j, h)
+                self.fc4 = nn.Linear(h, d)
+                if gaussian:
+                    self.fc5 = nn.Linear(h, d)
+
+            def encode(self, x):
+                h1 = torch.tanh(self.fc1(x))
+                return self.fc21(h1), self.fc22(h1)
+
+            def reparameterize(self, mu, logvar):
+                std = torch.exp(0.5 * logvar)
+                eps = torch.randn((L, *std.shape), dtype=std.dtype, device=std.device)
+                return mu + eps * std
+
+            def decode(self, z):
+                h3 = torch.tanh(self.fc3(z))
+                if gaussian:
+                    return torch.sigmoid(self.fc4(h3)), self.fc5(h3)
+                return (torch.sigmoid(self.fc4(h3)),)
+
+            def forward(self, x):
+                mu, logvar = self.encode(x)
+                z = self.reparameterize(mu, logvar)
+                return self.decode(z), mu, logvar, z
+
+        def loss_function(out, x, mu, logvar, z):
+            """Minus the per-datapoint bound, averaged over the minibatch."""
+            if gaussian:
+                mean, lv = out
+                nll = 0.5 * (lv + (x - mean) ** 2 * torch.exp(-lv) + math.log(2 * math.pi)).sum()
+            else:
+                nll = F.binary_cross_entropy(out[0], x.expand_as(out[0]), reduction="sum")
+            nll = nll / L
+            if est == "B":
+                kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            else:  # A: log q(z|x) - log p(z), averaged over the L samples
+                log_q = -0.5 * (logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum() / L
+                log_p = -0.5 * (z**2).sum() / L
+                kld = log_q - log_p
+            return (nll + kld) / x.shape[0]
+
+        torch.manual_seed(0)
+        self.model = VAE().to(device)
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.normal_(0, 0.01)
+        opt = torch.optim.Adagrad if spec["optimizer"] == "adagrad" else torch.optim.Adam
+        lr = 0.02 if spec["optimizer"] == "adagrad" else 1e-3
+        self.optimizer = opt(self.model.parameters(), lr=lr, weight_decay=1.0 / n)
+        self.loss_function = loss_function
+        self.x = _synthetic_data(torch, spec).to(device)
+        self.m = spec["M"]
+        self.pos = 0
+        self.perm = torch.randperm(len(self.x), device=device)
+        self.train_loss = 0.0
+        self.torch = torch
+
+    def run(self, n_samples: int) -> None:
+        torch, m = self.torch, self.m
+        self.model.train()
+        for _ in range(max(1, n_samples // m)):
+            if self.pos + m > len(self.x):
+                self.perm = torch.randperm(len(self.x), device=self.x.device)
+                self.pos = 0
+            data = self.x[self.perm[self.pos : self.pos + m]]
+            self.pos += m
+            self.optimizer.zero_grad()
+            out, mu, logvar, z = self.model(data)
+            loss = self.loss_function(out, data, mu, logvar, z)
+            loss.backward()
+            self.train_loss += loss.item()
+            self.optimizer.step()
+
+
+class CeilingWorker:
+    """Every matrix product of one training step back to back, plus one fused optimizer pass."""
+
+    def __init__(self, torch, spec: dict) -> None:
+        d, h, lik, n = SHAPES[spec["data"]]
+        j, m, L = spec["latent"], spec["M"], spec["samples"]
+        nd = 2 * d if lik == "gaussian" else d
+        kw = {"device": spec["device"], "dtype": torch.float32}
+
+        def r(*s):
+            return torch.randn(*s, **kw) * 0.01
+
+        x, z = torch.rand(m, d, **kw), r(L * m, j)
+        W1, We, Wd1, Wd2 = r(h, d), r(2 * j, h), r(h, j), r(nd, h)
+        h1, e, h2, o = r(m, h), r(m, 2 * j), r(L * m, h), r(L * m, nd)
+        gh2, gz, gh1 = r(L * m, h), r(L * m, j), r(m, h)
+        gW1, gWe, gWd1, gWd2 = r(h, d), r(2 * j, h), r(h, j), r(nd, h)
+        n_params = h * d + h + 2 * j * h + 2 * j + h * j + h + nd * h + nd
+        flat, grad, acc = r(n_params), r(n_params), torch.zeros(n_params, **kw)
+        step = torch.zeros((), device=spec["device"])
+        mm = torch.mm
+        if spec["optimizer"] == "adagrad":
+
+            def update():
+                step.add_(1)
+                torch._fused_adagrad_(
+                    [flat], [grad], [acc], [step], lr=0.02, lr_decay=0.0,
+                    weight_decay=1.0 / n, eps=1e-10, maximize=False,
+                )  # fmt: skip
+        else:
+            acc2 = torch.zeros(n_params, **kw)
+
+            def update():
+                step.add_(1)
+                torch._fused_adam_(
+                    [flat], [grad], [acc], [acc2], [], [step], lr=1e-3, beta1=0.9,
+                    beta2=0.999, weight_decay=1.0 / n, eps=1e-8, amsgrad=False, maximize=False,
+                )  # fmt: skip
+
+        def one_step():
+            mm(x, W1.t(), out=h1)  # encoder hidden
+            mm(h1, We.t(), out=e)  # encoder heads
+            mm(z, Wd1.t(), out=h2)  # decoder hidden
+            mm(h2, Wd2.t(), out=o)  # decoder heads
+            mm(o.t(), h2, out=gWd2)  # backward: weight gradients and input gradients
+            mm(o, Wd2, out=gh2)
+            mm(gh2.t(), z, out=gWd1)
+            mm(gh2, Wd1, out=gz)
+            mm(e.t(), h1, out=gWe)
+            mm(e, We, out=gh1)
+            mm(gh1.t(), x, out=gW1)
+            update()
+
+        self.one_step, self.m = one_step, m
+        self.sync = torch.cuda.synchronize if spec["device"].startswith("cuda") else lambda: None
+
+    def run(self, n_samples: int) -> None:
+        for _ in range(max(1, n_samples // self.m)):
+            self.one_step()
+        self.sync()
+
+
+WORKERS = {"aevb": AevbWorker, "plain": PlainWorker, "ceiling": CeilingWorker}
+
+
+def worker_main(name: str, spec: dict) -> None:
+    """Serve `run N` requests on stdin; answer one JSON line each on stdout."""
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    t_import = time.perf_counter() - T_START
+    w = WORKERS[name](torch, spec)
+    w.run(spec["M"])  # the first training step
+    sync = torch.cuda.synchronize if spec["device"].startswith("cuda") else (lambda: None)
+    sync()
+    first = time.perf_counter() - T_START
+    w.run(spec["warmup"])
+    sync()
+    info = {
+        "ready": True,
+        "import_s": round(t_import, 3),
+        "first_step_s": round(first, 3),
+        "engine": getattr(w, "engine", None),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        n = int(cmd[1])
+        faults = _minor_faults()
+        t = time.perf_counter()
+        w.run(n)
+        sync()
+        dt = time.perf_counter() - t
+        samples = max(1, n // spec["M"]) * spec["M"]
+        print(
+            json.dumps(
+                {
+                    "seconds": dt,
+                    "samples": samples,
+                    "faults_per_step": (_minor_faults() - faults) / max(1, n // spec["M"]),
+                }
+            ),
+            flush=True,
+        )
+    print(json.dumps({"peak_rss_mb": round(_peak_rss_mb(), 1)}), flush=True)
+
+
+# =========================================================================== the parent
+
+
+class Worker:
+    def __init__(self, name: str, spec: dict) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", name, "--spec", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info: dict = {}
+        self.rates: list[float] = []
+        self.faults: list[float] = []
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise SystemExit(
+                f"bench_train: the {self.name} worker died (exit {self.proc.returncode})"
+            )
+        return json.loads(line)
+
+    def wait_ready(self) -> None:
+        self.info = self._read()
+
+    def measure(self, n: int) -> None:
+        self.proc.stdin.write(f"run {n}\n")
+        self.proc.stdin.flush()
+        r = self._read()
+        self.rates.append(r["samples"] / r["seconds"])
+        self.faults.append(r["faults_per_step"])
+
+    def close(self) -> None:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.info.update(self._read())
+        self.proc.wait()
+
+
+def check_device(device: str) -> None:
+    """Fail with one clear line when CUDA is asked for and absent (before starting workers)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                "bench_train: --device cuda was asked for but this PyTorch sees no CUDA GPU; "
+                "use --device cpu"
+            )
+
+
+def bench(spec: dict, reps: int, chunk: int, contenders=CONTENDERS) -> dict:
+    """Run the contenders side by side (interleaved chunks); medians and spreads per contender."""
+    workers = []
+    for name in contenders:  # one at a time, so that start-ups and warm-ups do not compete
+        workers.append(Worker(name, spec))
+        workers[-1].wait_ready()
+    for r in range(reps):
+        order = workers[r % len(workers) :] + workers[: r % len(workers)]
+        for w in order:
+            w.measure(chunk)
+    for w in workers:
+        w.close()
+    out = {}
+    for w in workers:
+        out[w.name] = {
+            "median": statistics.median(w.rates),
+            "min": min(w.rates),
+            "max": max(w.rates),
+            "faults_per_step": statistics.median(w.faults),
+            **w.info,
+        }
+    return out
+
+
+def describe(spec: dict) -> str:
+    d, h, lik, n = SHAPES[spec["data"]]
+    return (
+        f"{spec['data']} shapes ({d}-{h}-{spec['latent']} {lik}, N={n}), M={spec['M']}, "
+        f"L={spec['samples']}, estimator {spec['estimator']}, {spec['optimizer']}, "
+        f"algorithm {spec['algorithm']}, device {spec['device']}, "
+        f"threads {spec['threads'] or 'default'}"
+    )
+
+
+def report(spec: dict, res: dict, reps: int, chunk: int) -> None:
+    print(f"\n{describe(spec)}; {reps} interleaved chunks of {chunk:,} samples each")
+    plain = res.get("plain", {}).get("median")
+    ceil = res.get("ceiling", {}).get("median")
+    print(
+        f"{'contender':<10} {'samples/s (median)':>18} {'min..max':>17} {'x plain':>8} "
+        f"{'% ceiling':>9} {'faults/step':>11} {'first step':>10} {'peak RSS':>9}"
+    )
+    for name, r in res.items():
+        ratio = f"{r['median'] / plain:.2f}" if plain else "-"
+        pct = f"{100 * r['median'] / ceil:.0f}%" if ceil else "-"
+        label = name + (f" [{r['engine']}]" if r.get("engine") else "")
+        print(
+            f"{label:<17} {r['median']:>11,.0f} {r['min']:>8,.0f}..{r['max']:<8,.0f} {ratio:>8} "
+            f"{pct:>9} {r['faults_per_step']:>11.0f} {r['first_step_s']:>9.2f}s "
+            f"{r['peak_rss_mb']:>7.0f}MB"
+        )
+
+
+def table(args, base: dict) -> None:
+    """docs/PERFORMANCE.md's grid: M in {100, 1000} x N_z in {3, 20, 200}."""
+    rows = []
+    for m in (100, 1000):
+        for j in (3, 20, 200):
+            spec = {**base, "M": m, "latent": j, "warmup": max(base["warmup"], 2 * m)}
+            chunk = max(args.chunk, 10 * m)
+            res = bench(spec, args.reps, chunk)
+            report(spec, res, args.reps, chunk)
+            rows.append((m, j, res))
+    d, h, lik, _ = SHAPES[base["data"]]
+    print(
+        f"\nMarkdown ({base['data']} shapes {d}-{h}-N_z, {lik}; medians of {args.reps} chunks):\n"
+    )
+    print(
+        "| M | N_z | aevb samples/s | plain samples/s | ceiling samples/s "
+        "| aevb / plain | aevb / ceiling | aevb peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for m, j, r in rows:
+        a, p, c = r["aevb"]["median"], r["plain"]["median"], r["ceiling"]["median"]
+        print(
+            f"| {m} | {j} | {a:,.0f} | {p:,.0f} | {c:,.0f} | {a / p:.2f}x | {100 * a / c:.0f}% "
+            f"| {r['aevb']['peak_rss_mb']:.0f} MB |"
+        )
+
+
+def million(spec: dict) -> None:
+    """Wall time of 10^6 training samples through the real Trainer loop (one process)."""
+    code = (
+        "import time, json, sys; sys.argv=['x']; import bench_train as b; import torch\n"
+        "spec=json.loads(sys.stdin.read())\n"
+        "torch.set_num_threads(spec['threads']) if spec['threads'] else None\n"
+        "t0=time.perf_counter(); w=b.AevbWorker(torch, spec); w.run(spec['M'])\n"
+        "t1=time.perf_counter(); w.run(1_000_000 - spec['M']); t2=time.perf_counter()\n"
+        "print(json.dumps({'setup_and_first_step_s': t1-t0, 'million_s': t2-t0,"
+        " 'engine': w.engine, 'steps': w.trainer.step_count,"
+        " 'peak_rss_mb': b._peak_rss_mb()}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(spec), env=env, text=True,
+        capture_output=True, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\n10^6 training samples, {describe(spec)}:")
+    print(
+        f"  {r['million_s']:.1f} s wall ({r['steps']} steps, engine {r['engine']}; set-up and "
+        f"first step {r['setup_and_first_step_s']:.2f} s; peak RSS {r['peak_rss_mb']:.0f} MB)"
+    )
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", choices=sorted(SHAPES), default="mnist", help="dataset shapes")
+    ap.add_argument("-M", "--batch-size", type=int, default=100, dest="M")
+    ap.add_argument("--latent", type=int, default=20, help="N_z")
+    ap.add_argument("--samples", type=int, default=1, help="L, samples per datapoint")
+    ap.add_argument("--estimator", choices=("A", "B"), default="B")
+    ap.add_argument("--optimizer", choices=("adagrad", "adam"), default="adagrad")
+    ap.add_argument("--algorithm", default="aevb", help="registered algorithm for the aevb side")
+    ap.add_argument("--engine", choices=("auto", "fast", "autograd"), default="auto")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved chunks per contender")
+    ap.add_argument("--chunk", type=int, default=30_000, help="samples per chunk")
+    ap.add_argument("--warmup", type=int, default=5_000, help="samples before measuring")
+    ap.add_argument("--quick", action="store_true", help="few, short chunks (a smoke test)")
+    ap.add_argument("--table", action="store_true", help="the M x N_z grid of PERFORMANCE.md")
+    ap.add_argument("--million", action="store_true", help="also time 10^6 samples end to end")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker_main(args.worker, json.loads(args.spec))
+        return
+    check_device(args.device)
+    if args.quick:
+        args.reps, args.chunk, args.warmup = 3, 3_000, 1_000
+    spec = {
+        "data": args.data,
+        "M": args.M,
+        "latent": args.latent,
+        "samples": args.samples,
+        "estimator": args.estimator,
+        "optimizer": args.optimizer,
+        "algorithm": args.algorithm,
+        "engine": args.engine,
+        "device": args.device,
+        "threads": args.threads,
+        "warmup": max(args.warmup, 2 * args.M),
+    }
+    contenders = tuple(c for c in args.contenders.split(",") if c)
+    if any(c not in CONTENDERS for c in contenders):
+        ap.error(f"--contenders takes a subset of {','.join(CONTENDERS)}")
+    if args.algorithm != "aevb" and "plain" in contenders:
+        print(f"(no plain loop for {args.algorithm}: comparing with the ceiling only)")
+        contenders = tuple(c for c in contenders if c != "plain")
+    if args.table:
+        table(args, spec)
+    else:
+        chunk = max(args.chunk, args.M)
+        report(spec, bench(spec, args.reps, chunk, contenders), args.reps, chunk)
+    if args.million:
+        million(spec)
+
+
+if __name__ == "__main__":
+    main()
