@@ -14,7 +14,15 @@ import torch
 
 from aevb import hmc
 
-torch.set_default_dtype(torch.float32)
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: one thread avoids OpenMP overhead (and contention on shared CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 MEAN = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 COV = (

@@ -385,24 +385,66 @@ def evaluate(
     samples: int = 1,
     seed: int = 0,
     batch_size: int = 1000,
+    marginal: str | None = None,
+    importance_samples: int = 5000,
+    points: int | None = None,
+    chunk_size: int = 4096,
+    hmc_samples: int = 50,
+    hmc_leapfrog: int = 4,
+    hmc_warmup: int = 200,
+    hmc_target_accept: float = 0.9,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> dict:
-    """The lower bound per datapoint on a split, with its standard error over datapoints."""
+    """The lower bound per datapoint on a split, with its standard error over datapoints.
+
+    ``points`` keeps the first N points of the split. ``marginal`` ("is", "hmc" or "both") adds
+    estimates of log p(x) on the same points (PAPER.md section 7): importance sampling with the
+    encoder as proposal (``importance_samples`` = K draws per point, decoded ``chunk_size`` pairs
+    at a time) and/or the Appendix D estimator (``hmc_samples`` posterior draws per point,
+    ``hmc_leapfrog`` leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
+    ``hmc_target_accept``). Each comes with its standard error over points, its paired gap to the
+    bound and its settings, under ``result["marginal"][method]``.
+    """
     run_dir = Path(run_dir)
     model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize)
     est = estimator or cfg["train"]["estimator"]
     if samples < 1:
         raise ConfigError(f"--samples must be positive, got {samples}")
-    g = torch.Generator().manual_seed(seed)
+    if marginal not in (None, "is", "hmc", "both"):
+        raise ConfigError(f"unknown --marginal {marginal!r}; choose is, hmc or both")
+    for name, v in (
+        ("--importance-samples", importance_samples),
+        ("--chunk-size", chunk_size),
+        ("--hmc-samples", hmc_samples),
+        ("--leapfrog-steps", hmc_leapfrog),
+    ):
+        if int(v) < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v}")
+    if hmc_warmup < 0:
+        raise ConfigError(f"--hmc-warmup must be >= 0, got {hmc_warmup}")
+    if not 0.0 < hmc_target_accept < 1.0:
+        raise ConfigError(f"--target-accept must lie in (0, 1), got {hmc_target_accept}")
+    if points is not None:
+        if points < 1 or points > len(x):
+            raise ConfigError(
+                f"--points must be between 1 and the {len(x)} points of the {split} split, "
+                f"got {points}"
+            )
+        x = x[:points]
+    dev = resolve_device(device)
+    model = model.to(dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
         b = torch.cat(
             [
                 model.elbo(xt[i : i + batch_size], est, samples, g)
                 for i in range(0, len(xt), batch_size)
             ]
         )
-    return {
+    res = {
         "run": str(run_dir),
         "data": data or cfg["data"]["spec"],
         "split": split,
@@ -411,9 +453,102 @@ def evaluate(
         "samples": samples,
         "points": len(b),
         "bound": float(b.mean()),
-        "bound_se": float(b.std() / math.sqrt(len(b))) if len(b) > 1 else 0.0,
+        "bound_se": _se(b),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if marginal is not None:
+        methods = ("is", "hmc") if marginal == "both" else (marginal,)
+        res["marginal"] = {}
+        for i, method in enumerate(methods):
+            gm = torch.Generator(device=dev).manual_seed(_split_seed(seed, 8, i))
+            res["marginal"][method] = _marginal_estimate(
+                model,
+                xt,
+                b,
+                method,
+                gm,
+                progress,
+                importance_samples=importance_samples,
+                chunk_size=chunk_size,
+                hmc_samples=hmc_samples,
+                hmc_leapfrog=hmc_leapfrog,
+                hmc_warmup=hmc_warmup,
+                hmc_target_accept=hmc_target_accept,
+            )
+    return res
+
+
+def _se(v: torch.Tensor) -> float:
+    return float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def _marginal_estimate(
+    model: VAE,
+    x: torch.Tensor,
+    bound: torch.Tensor,
+    method: str,
+    generator: torch.Generator,
+    progress: bool,
+    **s,
+) -> dict:
+    """log p(x) by one method: mean, standard error, paired gap to the bound, settings."""
+    from . import marginal as mlik
+
+    label = "importance sampling" if method == "is" else "Appendix D (HMC)"
+    t0 = time.perf_counter()
+    with tqdm(total=len(x), desc=label, unit="points", disable=not progress, leave=False) as bar:
+        if method == "is":
+            r = mlik.importance_sampling(
+                model,
+                x,
+                s["importance_samples"],
+                chunk_size=s["chunk_size"],
+                generator=generator,
+                progress=bar.update,
+            )
+        else:
+            r = mlik.hmc_marginal(
+                model,
+                x,
+                posterior_samples=s["hmc_samples"],
+                leapfrog_steps=s["hmc_leapfrog"],
+                warmup=s["hmc_warmup"],
+                target_accept=s["hmc_target_accept"],
+                batch_size=max(1, min(len(x), 1000)),
+                generator=generator,
+                progress=bar.update,
+            )
+    seconds = time.perf_counter() - t0
+    lp = r.log_px.double().cpu()
+    gap = lp - bound.double().cpu()
+    out = {
+        "method": method,
+        "log_likelihood": float(lp.mean()),
+        "se": _se(lp),
+        "gap": float(gap.mean()),
+        "gap_se": _se(gap),
+        "seconds": round(seconds, 3),
+    }
+    if method == "is":
+        ess = r.ess.double().cpu()
+        out.update(
+            importance_samples=r.samples,
+            chunk_size=r.chunk_size,
+            bound_k=float(r.bound.double().mean()),
+            bound_k_se=_se(r.bound.double().cpu()),
+            ess_mean=float(ess.mean()),
+            ess_median=float(ess.median()),
+            ess_min=float(ess.min()),
+        )
+    else:
+        out.update(
+            {k: v for k, v in r.settings.items() if k != "initial_step_size"},
+            accept_rate=float(r.accept_rate.mean()),
+            step_size_median=float(r.step_size.median()),
+            ess_median=float(r.ess.median()),
+            rel_var_median=float(r.rel_var.median()),
+        )
+    return out
 
 
 def _write_image_or_array(out: Path, images: torch.Tensor, shape, ncol: int, title: str) -> Path:

@@ -144,3 +144,42 @@ class VAE(nn.Module):
     def reconstruct(self, x) -> Tensor:
         """Decoder mean at the posterior mean of each x."""
         return self.decode_mean(self.encode(x)[0])
+
+    def log_likelihood(
+        self,
+        x,
+        method: str = "is",
+        *,
+        samples: int | None = None,
+        chunk_size: int = 4096,
+        generator: torch.Generator | None = None,
+        **hmc_options,
+    ) -> Tensor:
+        """Per-datapoint estimate of the marginal log-likelihood log p(x) (nats).
+
+        ``method="is"``: importance sampling with the encoder as proposal, K = ``samples`` (default
+        5 000) draws per point, decoded ``chunk_size`` (z, x) pairs at a time. ``method="hmc"``:
+        the paper's Appendix D estimator with ``samples`` (default 50) HMC posterior draws per
+        point; ``hmc_options`` (leapfrog_steps, warmup, target_accept, ...) go to
+        :func:`aevb.marginal.hmc_marginal`. Both live in :mod:`aevb.marginal`, which also returns
+        diagnostics (effective sample sizes, acceptance rates).
+        """
+        from . import marginal
+
+        if method not in ("is", "hmc"):
+            raise ConfigError(f"unknown marginal-likelihood method {method!r}; use 'is' or 'hmc'")
+        xt = self._as_tensor(x)
+        try:
+            if method == "is":
+                if hmc_options:
+                    raise ValueError(f"options {sorted(hmc_options)} only apply to method 'hmc'")
+                res = marginal.importance_sampling(
+                    self, xt, samples or 5000, chunk_size=chunk_size, generator=generator
+                )
+            else:
+                res = marginal.hmc_marginal(
+                    self, xt, posterior_samples=samples or 50, generator=generator, **hmc_options
+                )
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"log_likelihood: {e}") from None
+        return res.log_px
