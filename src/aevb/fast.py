@@ -280,16 +280,14 @@ class FastStep:
         gW1, gb1, gWe, gbe, gWd1, gbd1, gWd2, gbd2 = self._g
 
         # ---- forward: encoder, reparameterised z, decoder
-        h1 = torch.addmm(b1, x, W1.t(), out=b.h1)
-        self._act(h1)
+        h1 = self._hidden(b1, x, W1, b.h1)
         torch.addmm(be, h1, We.t(), out=b.e)
         mu, lv, std = b.mu, b.lv, b.std
         torch.mul(lv, 0.5, out=std).exp_()
         eps = b.eps.normal_(generator=generator)  # = DiagonalNormal.rsample's torch.randn draw
         torch.addcmul(mu, std, eps, out=b.z)
         z = b.z2
-        h2 = torch.addmm(bd1, z, Wd1.t(), out=b.h2)
-        self._act(h2)
+        h2 = self._hidden(bd1, z, Wd1, b.h2)
         torch.addmm(bd2, h2, Wd2.t(), out=b.o)
 
         # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M))
@@ -342,11 +340,14 @@ class FastStep:
         torch.sum(gh1, 0, out=gb1)
         return bound
 
-    def _act(self, h: Tensor) -> None:
+    def _hidden(self, bias: Tensor, inp: Tensor, weight: Tensor, out: Tensor) -> Tensor:
+        """act(inp W^T + bias) into out."""
         if self.relu:
-            h.relu_()
-        else:
-            h.tanh_()
+            return torch.addmm(bias, inp, weight.t(), out=out).relu_()
+        # tanh(a) = 2 sigmoid(2a) - 1: torch's vectorised sigmoid is several times faster than its
+        # tanh on CPU; the factor 2 rides on the matrix product. Equal to within a unit roundoff.
+        torch.addmm(bias, inp, weight.t(), beta=2.0, alpha=2.0, out=out).sigmoid_()
+        return out.mul_(2.0).sub_(1.0)
 
     def _act_backward(self, g: Tensor, h: Tensor) -> None:
         """g <- g * act'(pre-activation), from the activation's output h."""
