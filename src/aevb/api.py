@@ -14,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, figures, runs
+from .algorithms import ALGORITHMS
 from .data import BINARIZE_MODES, Dataset, check_support, load_dataset
 from .errors import ConfigError, DataError, RunError
 from .model import VAE, ModelConfig
-from .training import ALGORITHMS, LR_CANDIDATES, TrainConfig, Trainer, _split_seed
+from .training import LR_CANDIDATES, TrainConfig, Trainer, _split_seed
 
 
 @dataclass
@@ -146,6 +147,10 @@ def train(
     data_dir: str | Path | None = None,
     image_shape: tuple[int, int] | None = None,
     validation: bool = False,
+    full_vb_eval: str = "mean",
+    eval_marginal: str | None = None,
+    eval_marginal_points: int = 1000,
+    algorithm_options: dict | None = None,
     init: str = "paper",
     weight_prior: bool = True,
     eval_per_decade: int = 4,
@@ -161,6 +166,12 @@ def train(
     stopped (``budget`` or ``epochs`` may extend it). ``hidden`` defaults to the dataset's
     recommendation (500 for MNIST, 200 for Frey Face and digits), ``likelihood`` to the dataset's.
     ``validation`` trains MNIST on its first 50 000 images, holding out the last 10 000 as "valid".
+    ``algorithm`` is "aevb" (Algorithm 1), "wake-sleep" or "full-vb" (Appendix F; ``full_vb_eval``
+    says whether its bound is taken at the posterior mean of the decoder's weights or averaged
+    over draws of them) or "mcem" (Appendix E). ``algorithm_options`` sets the algorithms'
+    hyper-parameters by their TrainConfig names (``mcem_leapfrog``, ``mcem_updates``, ...).
+    ``eval_marginal`` ("is" or "hmc") also logs log p(x) on the first ``eval_marginal_points``
+    points of each split at every evaluation (Figure 3); MCEM, which has no bound, always does.
     """
     dev = resolve_device(device)
     if resume is not None:
@@ -186,6 +197,10 @@ def train(
         eval_per_decade=eval_per_decade,
         eval_size=eval_size,
         checkpoint_seconds=checkpoint_seconds,
+        full_vb_eval=full_vb_eval,
+        eval_marginal=eval_marginal,
+        eval_marginal_points=eval_marginal_points,
+        **_algorithm_options(algorithm_options),
     )
     ds = load_dataset(
         data, data_dir=data_dir, image_shape=image_shape, validation=validation, progress=progress
@@ -198,6 +213,7 @@ def train(
         activation=activation,
         likelihood=likelihood or ds.default_likelihood,
         image_shape=ds.image_shape,
+        parameter_posterior=algorithm == "full-vb",
     )
     if not mcfg.supports_estimator(estimator):
         raise ConfigError(
@@ -227,6 +243,17 @@ def train(
         runs.atomic_write_json(out_dir / runs.CONFIG, cfg)
     trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress)
     return _finish(trainer, out_dir, cfg, ds, draw_figures)
+
+
+def _algorithm_options(options: dict | None) -> dict:
+    """Validate hyper-parameter overrides against TrainConfig's algorithm fields."""
+    allowed = {
+        f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith(("mcem_", "full_vb_"))
+    }
+    for key in options or {}:
+        if key not in allowed:
+            raise ConfigError(f"unknown algorithm option {key!r}; known: {sorted(allowed)}")
+    return dict(options or {})
 
 
 def _resume(
@@ -300,7 +327,7 @@ def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
         fig_dir / "samples.png", model.sample(100, g), shape, 10, "samples from p(x|z), z ~ p(z)"
     )
     written.append(fig_dir / "samples.png")
-    if ds is not None:
+    if ds is not None and run.config["train"]["algorithm"] != "mcem":  # MCEM trains no encoder
         x = torch.from_numpy((ds.test if ds.test is not None else ds.train)[:50]).to(model.device)
         rec = model.reconstruct(x)
         pairs = torch.stack([x, rec], 1).reshape(-1, x.shape[1])

@@ -80,7 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=int, default=1, help="hidden layers per network (default 1)")
     t.add_argument("--activation", default="tanh", help="tanh (paper), relu, softplus, elu")
     t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], help="default: dataset's")
+    t.add_argument(
+        "--algorithm",
+        choices=["aevb", "wake-sleep", "mcem", "full-vb"],
+        default="aevb",
+        help="AEVB (Algorithm 1), or the paper's comparisons",
+    )
+    t.add_argument(
+        "--full-vb-eval",
+        choices=["mean", "sample"],
+        default="mean",
+        help="full VB: bound at the posterior-mean weights, or averaged over weight draws",
+    )
     t.add_argument("--estimator", choices=["A", "B"], default="B", help="SGVB estimator")
+    t.add_argument(
+        "--eval-marginal",
+        choices=["is", "hmc"],
+        help="also log log p(x) at each evaluation: importance sampling or Appendix D (HMC)",
+    )
+    t.add_argument(
+        "--eval-marginal-points", type=_positive_int, default=1000, help="points per split"
+    )
+    t.add_argument("--mcem-leapfrog", type=_positive_int, help="MCEM: leapfrog steps (10)")
+    t.add_argument("--mcem-updates", type=_positive_int, help="MCEM: updates per sample (5)")
+    t.add_argument("--mcem-target-accept", type=float, help="MCEM: HMC acceptance target (0.9)")
     t.add_argument("--samples", type=_positive_int, default=1, help="L, samples per datapoint")
     t.add_argument("--batch-size", type=_positive_int, default=100, help="M (default 100)")
     t.add_argument("--optimizer", choices=["adagrad", "adam"], default="adagrad")
@@ -187,6 +210,15 @@ def _run(args: argparse.Namespace) -> int:
             depth=args.depth,
             activation=args.activation,
             likelihood=args.likelihood,
+            algorithm=args.algorithm,
+            full_vb_eval=args.full_vb_eval,
+            eval_marginal=args.eval_marginal,
+            eval_marginal_points=args.eval_marginal_points,
+            algorithm_options={
+                k: v
+                for k in ("mcem_leapfrog", "mcem_updates", "mcem_target_accept")
+                if (v := getattr(args, k)) is not None
+            },
             estimator=args.estimator,
             samples=args.samples,
             batch_size=args.batch_size,

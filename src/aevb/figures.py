@@ -86,9 +86,16 @@ def manifold_latents(grid: int) -> torch.Tensor:
 
 
 def plot_curves(
-    runs: Sequence[tuple[str, list[dict]]], path: str | Path, title: str = "Lower bound"
+    runs: Sequence[tuple[str, list[dict]]],
+    path: str | Path,
+    title: str = "Lower bound",
+    metric: str = "bound",
 ) -> None:
-    """Bound per datapoint against training samples evaluated (log x-axis), train and test."""
+    """Bound (or ``metric="log_likelihood"``) per datapoint against training samples evaluated.
+
+    Log x-axis, train solid and test dashed. A run without the metric (Monte Carlo EM has no
+    bound) is drawn with its marginal-likelihood estimates.
+    """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, records) in enumerate(runs):
@@ -97,13 +104,16 @@ def plot_curves(
             continue
         s = [r["samples_seen"] for r in recs]
         color = colors[i % len(colors)]
-        if "train_bound" in recs[0]:
-            ax.plot(s, [r["train_bound"] for r in recs], "-", color=color, label=f"{label} train")
-        if "test_bound" in recs[0]:
-            ax.plot(s, [r["test_bound"] for r in recs], "--", color=color, label=f"{label} test")
+        key = metric if f"train_{metric}" in recs[0] else "log_likelihood"
+        for split, style in (("train", "-"), ("test", "--")):
+            if f"{split}_{key}" in recs[0]:
+                ys = [r[f"{split}_{key}"] for r in recs]
+                ax.plot(s, ys, style, color=color, label=f"{label} {split}")
     ax.set_xscale("log")
     ax.set_xlabel("training samples evaluated")
-    ax.set_ylabel("lower bound per datapoint (nats)")
+    ax.set_ylabel(
+        "lower bound per datapoint (nats)" if metric == "bound" else "log p(x) per datapoint (nats)"
+    )
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ class ModelConfig:
     posterior: str = "normal"
     prior: str = "normal"
     image_shape: tuple[int, int] | None = None
+    parameter_posterior: bool = False  # full VB: a Gaussian posterior over the decoder's weights
 
     def __post_init__(self) -> None:
         if self.image_shape is not None:
@@ -65,6 +67,10 @@ class ModelConfig:
         return d
 
 
+THETA_LOGVAR_INIT = 2 * math.log(0.01)
+"""Initial log-variance of q(theta) in full VB: a standard deviation of 0.01 (the init scale)."""
+
+
 class VAE(nn.Module):
     """Encoder q(z|x), decoder p(x|z) and prior p(z), with the paper's estimators of the bound."""
 
@@ -79,12 +85,34 @@ class VAE(nn.Module):
             LIKELIHOODS[c.likelihood], c.latent_dim, c.x_dim, c.hidden, c.depth, c.activation
         )
         self.prior = PRIORS[c.prior](c.latent_dim)
+        if c.parameter_posterior:
+            # log-variances of q(theta) for every decoder weight (full VB, Appendix F); the
+            # decoder's own weights are the posterior means.
+            self.theta_logvar = nn.ParameterDict(
+                {
+                    n.replace(".", "_"): nn.Parameter(torch.full_like(p, THETA_LOGVAR_INIT))
+                    for n, p in self.decoder.named_parameters()
+                }
+            )
+
+    @property
+    def has_parameter_posterior(self) -> bool:
+        return self.config.parameter_posterior
+
+    def sample_decoder_parameters(self, generator: torch.Generator | None = None) -> dict:
+        """One reparameterized draw theta~ = mu + sigma * eps of the decoder's weights (full VB)."""
+        out = {}
+        for n, mu in self.decoder.named_parameters():
+            lv = self.theta_logvar[n.replace(".", "_")]
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            out[n] = mu + torch.exp(0.5 * lv) * eps
+        return out
 
     # ----------------------------------------------------------------- set-up
     def init_parameters(self, std: float = 0.01, generator: torch.Generator | None = None) -> None:
         """Draw every weight and bias from N(0, std^2), the paper's initialisation (section 5)."""
         with torch.no_grad():
-            for p in self.parameters():
+            for p in [*self.encoder.parameters(), *self.decoder.parameters()]:
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
 
     @property
