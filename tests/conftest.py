@@ -1,4 +1,4 @@
-"""Shared fixtures. Real-data tests read $AEVB_DATA_DIR (../shared/data in CI) and skip without it."""
+"""Shared fixtures. Real-data tests read $AEVB_DATA_DIR (../shared/data in CI), else skip."""
 
 from __future__ import annotations
 
