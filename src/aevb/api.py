@@ -148,6 +148,7 @@ def train(
     image_shape: tuple[int, int] | None = None,
     validation: bool = False,
     full_vb_eval: str = "mean",
+    train_size: int | None = None,
     eval_marginal: str | None = None,
     eval_marginal_points: int = 1000,
     algorithm_options: dict | None = None,
@@ -166,6 +167,7 @@ def train(
     stopped (``budget`` or ``epochs`` may extend it). ``hidden`` defaults to the dataset's
     recommendation (500 for MNIST, 200 for Frey Face and digits), ``likelihood`` to the dataset's.
     ``validation`` trains MNIST on its first 50 000 images, holding out the last 10 000 as "valid".
+    ``train_size`` keeps only the first N training points (Figure 3 uses 1 000).
     ``algorithm`` is "aevb" (Algorithm 1), "wake-sleep" or "full-vb" (Appendix F; ``full_vb_eval``
     says whether its bound is taken at the posterior mean of the decoder's weights or averaged
     over draws of them) or "mcem" (Appendix E). ``algorithm_options`` sets the algorithms'
@@ -205,6 +207,7 @@ def train(
     ds = load_dataset(
         data, data_dir=data_dir, image_shape=image_shape, validation=validation, progress=progress
     )
+    _limit_train(ds, train_size)
     mcfg = ModelConfig(
         x_dim=ds.x_dim,
         latent_dim=latent_dim,
@@ -234,6 +237,7 @@ def train(
             "n_train": len(ds.train),
             "n_test": len(ds.test) if ds.test is not None else 0,
             "validation": validation,
+            "train_size": train_size,
             "description": ds.description,
         },
     }
@@ -243,6 +247,15 @@ def train(
         runs.atomic_write_json(out_dir / runs.CONFIG, cfg)
     trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress)
     return _finish(trainer, out_dir, cfg, ds, draw_figures)
+
+
+def _limit_train(ds: Dataset, n: int | None) -> None:
+    """Keep the first ``n`` training points (in the dataset's fixed order)."""
+    if n is None:
+        return
+    if n < 1 or n > len(ds.train):
+        raise ConfigError(f"--train-size must be between 1 and {len(ds.train)}, got {n}")
+    ds.train = ds.train[:n]
 
 
 def _algorithm_options(options: dict | None) -> dict:
@@ -279,6 +292,7 @@ def _resume(
         validation=bool(cfg["data"].get("validation", False)),
         progress=progress,
     )
+    _limit_train(ds, cfg["data"].get("train_size"))
     if ds.x_dim != mcfg.x_dim:
         raise DataError(
             f"{ds.name} has {ds.x_dim} columns but the run's model expects {mcfg.x_dim}"

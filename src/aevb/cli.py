@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--eval-marginal-points", type=_positive_int, default=1000, help="points per split"
     )
+    t.add_argument("--train-size", type=_positive_int, help="use the first N training points")
     t.add_argument("--mcem-leapfrog", type=_positive_int, help="MCEM: leapfrog steps (10)")
     t.add_argument("--mcem-updates", type=_positive_int, help="MCEM: updates per sample (5)")
     t.add_argument("--mcem-target-accept", type=float, help="MCEM: HMC acceptance target (0.9)")
@@ -213,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
             algorithm=args.algorithm,
             full_vb_eval=args.full_vb_eval,
             eval_marginal=args.eval_marginal,
+            train_size=args.train_size,
             eval_marginal_points=args.eval_marginal_points,
             algorithm_options={
                 k: v
