@@ -109,6 +109,19 @@ def test_chunking_does_not_change_the_estimate(trained):
     assert res.samples == 1001 and res.chunk_size == 37
 
 
+def test_worker_threads_give_identical_results(trained):
+    model, x, _, _ = trained
+    a, b = (
+        marginal.importance_sampling(
+            model, x[:40], 300, workers=w, generator=torch.Generator().manual_seed(11)
+        )
+        for w in (1, 3)
+    )
+    torch.testing.assert_close(a.log_px, b.log_px)
+    torch.testing.assert_close(a.ess, b.ess)
+    assert torch.get_num_threads() == 1  # restored (this module runs single-threaded)
+
+
 def test_is_is_above_the_bound_in_expectation_and_converges(trained):
     """E[log p_K] >= ELBO per point, and the gap to quadrature shrinks as K grows.
 
@@ -168,6 +181,17 @@ def test_appendix_d_estimator_matches_quadrature(trained):
     assert abs(float(res.accept_rate.mean()) - 0.9) < 0.05
     assert res.settings["posterior_samples"] == 50 and res.settings["leapfrog_steps"] == 4
     assert bool((res.ess <= 50 * (1 + 1e-4)).all()) and bool((res.rel_var >= -1e-6).all())
+
+
+def test_log_joint_matches_the_decoder_and_prior(trained):
+    """The fast Bernoulli path equals the library's stable cross-entropy form."""
+    model, x, _, _ = trained
+    z = torch.randn(
+        (3, len(x), model.config.latent_dim), generator=torch.Generator().manual_seed(9)
+    )
+    with torch.no_grad():
+        ref = model.prior.log_prob(z) + model.decoder.log_prob(x, z)
+        torch.testing.assert_close(marginal.log_joint(model, x, z), ref, rtol=1e-5, atol=1e-4)
 
 
 def test_streaming_log_mean_exp_matches_direct():

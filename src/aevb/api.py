@@ -434,6 +434,7 @@ def evaluate(
     hmc_leapfrog: int = 4,
     hmc_warmup: int = 200,
     hmc_target_accept: float = 0.9,
+    workers: int | None = None,
     device: str = "cpu",
     progress: bool = False,
 ) -> dict:
@@ -445,7 +446,9 @@ def evaluate(
     at a time) and/or the Appendix D estimator (``hmc_samples`` posterior draws per point,
     ``hmc_leapfrog`` leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
     ``hmc_target_accept``). Each comes with its standard error over points, its paired gap to the
-    bound and its settings, under ``result["marginal"][method]``.
+    bound and its settings, under ``result["marginal"][method]``. On CPU importance sampling runs
+    ``workers`` single-threaded workers (default: torch's thread count), see
+    :func:`aevb.marginal.importance_sampling`.
     """
     run_dir = Path(run_dir)
     model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize)
@@ -459,6 +462,7 @@ def evaluate(
         ("--chunk-size", chunk_size),
         ("--hmc-samples", hmc_samples),
         ("--leapfrog-steps", hmc_leapfrog),
+        ("--workers", workers or 1),
     ):
         if int(v) < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v}")
@@ -515,6 +519,7 @@ def evaluate(
                 hmc_leapfrog=hmc_leapfrog,
                 hmc_warmup=hmc_warmup,
                 hmc_target_accept=hmc_target_accept,
+                workers=workers or torch.get_num_threads(),
             )
     return res
 
@@ -544,6 +549,7 @@ def _marginal_estimate(
                 x,
                 s["importance_samples"],
                 chunk_size=s["chunk_size"],
+                workers=s["workers"],
                 generator=generator,
                 progress=bar.update,
             )
@@ -575,6 +581,7 @@ def _marginal_estimate(
         out.update(
             importance_samples=r.samples,
             chunk_size=r.chunk_size,
+            workers=s["workers"],
             bound_k=float(r.bound.double().mean()),
             bound_k_se=_se(r.bound.double().cpu()),
             ess_mean=float(ess.mean()),

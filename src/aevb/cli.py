@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--leapfrog-steps", type=_positive_int, default=4, help="per HMC transition")
     e.add_argument("--hmc-warmup", type=int, default=200, help="step-size adaptation transitions")
     e.add_argument("--target-accept", type=float, default=0.9, help="HMC acceptance target")
+    e.add_argument(
+        "--workers", type=_positive_int, help="importance-sampling CPU workers (default: threads)"
+    )
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -265,6 +268,7 @@ def _run(args: argparse.Namespace) -> int:
             hmc_leapfrog=args.leapfrog_steps,
             hmc_warmup=args.hmc_warmup,
             hmc_target_accept=args.target_accept,
+            workers=args.workers,
             device=args.device,
             progress=not args.quiet and args.marginal is not None,
         )
