@@ -278,6 +278,13 @@ def test_mnist_trains_with_dynamic_binarization(shared_data_dir, tmp_path, capsy
     assert metrics[-1]["samples_seen"] == 2000
     assert metrics[-1]["train_bound"] > metrics[0]["train_bound"] + 50  # it learned
     assert (run / "figures" / "manifold.png").is_file()
+    # evaluating on test reads only the test files (the home-made training file would fail)
+    monkeypatch.delenv("AEVB_VERIFY")
+    assert main(["evaluate", str(run), "--split", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["points"] == 10_000 and res["binarize"] == "dynamic"
+    assert main(["evaluate", str(run), "--split", "train"]) == 2
+    assert "train-images-idx3-ubyte.gz" in capsys.readouterr().err
 
 
 def test_mnist_validation_split(shared_data_dir, tmp_path, capsys, monkeypatch):

@@ -88,8 +88,9 @@ def load_binarized_mnist(
 ) -> Dataset:
     """Binarized MNIST from ``<data dir>/binarized_mnist``: train, test and the "valid" split.
 
-    Files of needed ``splits`` (default all three) are downloaded if missing; others are used if
-    present. The data are already 0/1, so every ``--binarize`` mode leaves them unchanged.
+    Files of needed ``splits`` (default all three) are downloaded if missing; with ``splits``
+    given, only those are read. The data are already 0/1, so every ``--binarize`` mode leaves
+    them unchanged.
     """
     folder = data_root(data_dir) / FOLDER
     verify = verify_enabled(verify)
@@ -101,11 +102,14 @@ def load_binarized_mnist(
         )
     absent = [FILES[s][0] for s in SPLITS if s in need and local_copy(folder, FILES[s][0]) is None]
     fetch_missing(folder, absent, "binarized-mnist", mirrors("binarized-mnist", MIRRORS), progress)
-    arrays = {s: _read(folder, s, verify) for s in SPLITS}
+    # with ``splits`` given only those are read
+    arrays = {s: _read(folder, s, verify) if s in need else None for s in SPLITS}
     missing = {
         s: (
             f"binarized-mnist: {folder / FILES[s][0].name} (or .gz) is missing, so there is no "
             f"{s} split; download {MIRRORS[0]}{FILES[s][0].name} into {folder}"
+            if local_copy(folder, FILES[s][0]) is None
+            else f"binarized-mnist: the {s} split was not loaded (splits={sorted(need)})"
         )
         for s, x in arrays.items()
         if x is None

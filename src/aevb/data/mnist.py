@@ -120,12 +120,12 @@ def load_mnist(
     progress: bool = True,
     **_: object,
 ) -> Dataset:
-    """MNIST from ``<data dir>/mnist``: the splits whose files are present (``splits`` are needed).
+    """MNIST from ``<data dir>/mnist``: the ``splits`` asked for (default train and test).
 
-    Files of needed splits that are missing are downloaded (see :mod:`aevb.data.download`);
-    the other splits are used if present. ``validation`` moves the last 10 000 training images
-    into a "valid" split. ``verify`` (default on; ``AEVB_VERIFY=0`` turns it off) checks each
-    file against its published sha256.
+    Files of the needed splits (default train and test) that are missing are downloaded (see
+    :mod:`aevb.data.download`), or the call fails with one line naming them. ``validation``
+    moves the last 10 000 training images into a "valid" split. ``verify`` (default on;
+    ``AEVB_VERIFY=0`` turns it off) checks each file against its published sha256.
     """
     folder = data_root(data_dir) / FOLDER
     verify = verify_enabled(verify)
@@ -137,18 +137,21 @@ def load_mnist(
     absent = [FILES[s][0] for s in sorted(need) if local_copy(folder, FILES[s][0]) is None]
     fetch_missing(folder, absent, "mnist", mirrors("mnist", MIRRORS), progress)
 
-    train, train_labels = _read_split(folder, "train", verify)
-    test, test_labels = _read_split(folder, "test", verify)
+    # with ``splits`` given only those are read (evaluating on test never reads the training file)
+    train, train_labels = _read_split(folder, "train", verify) if "train" in need else (None, None)
+    test, test_labels = _read_split(folder, "test", verify) if "test" in need else (None, None)
     missing: dict[str, str] = {}
     labels: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
     for split, x in (("train", train), ("test", test)):
-        if x is None:
-            rf = FILES[split][0]
+        rf = FILES[split][0]
+        if x is None and local_copy(folder, rf) is None:
             missing[split] = (
                 f"mnist: {folder / rf.name} is missing, so there is no {split} split; download "
                 f"{MIRRORS[0]}{rf.name} ({rf.size:,} bytes, md5 {rf.md5}) into {folder}"
             )
+        elif x is None:
+            missing[split] = f"mnist: the {split} split was not loaded (splits={sorted(need)})"
     if train is not None and validation:
         if len(train) <= N_VALID:
             raise DataError(
