@@ -29,6 +29,8 @@ class LatentDistribution:
     n_params: ClassVar[int] = 2
     #: Name used in configs and on the command line.
     name: ClassVar[str] = ""
+    #: Where the density is positive: "real" (all of R^J) or "positive" (z > 0).
+    support: ClassVar[str] = "real"
 
     @classmethod
     def from_params(cls, *params: Tensor) -> LatentDistribution:
@@ -41,6 +43,10 @@ class LatentDistribution:
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Log-density summed over the last dimension."""
+        raise NotImplementedError
+
+    def center(self) -> Tensor:
+        """A representative latent point (the median), e.g. for reconstructions."""
         raise NotImplementedError
 
 
@@ -61,6 +67,9 @@ class DiagonalNormal(LatentDistribution):
     @property
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.logvar)
+
+    def center(self) -> Tensor:
+        return self.mu
 
     def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         eps = torch.randn(
@@ -163,3 +172,5 @@ def gaussian_log_prob(mean: Tensor, logvar: Tensor, x: Tensor) -> Tensor:
 
 POSTERIORS: dict[str, type[LatentDistribution]] = {"normal": DiagonalNormal}
 PRIORS: dict[str, Callable[[int], LatentDistribution]] = {"normal": StandardNormal}
+
+from . import families  # noqa: E402, F401  (registers the other families in POSTERIORS and PRIORS)

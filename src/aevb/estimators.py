@@ -7,6 +7,8 @@ work for any family that implements the :class:`~aevb.distributions.LatentDistri
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -14,6 +16,9 @@ from .distributions import LatentDistribution, kl_divergence
 from .networks import Decoder, Encoder
 
 ESTIMATORS = ("A", "B")
+"""Estimators of the ELBO (the variational lower bound)."""
+OBJECTIVES = (*ESTIMATORS, "iwae")
+"""Training objectives: an ELBO estimator, or the importance-weighted bound."""
 
 
 def sgvb_a(
@@ -60,3 +65,38 @@ def elbo(
     if estimator == "B":
         return sgvb_b(encoder, decoder, prior, x, samples, generator)
     raise ValueError(f"unknown estimator {estimator!r}; choose from {ESTIMATORS}")
+
+
+def iwae_bound(
+    encoder: Encoder,
+    decoder: Decoder,
+    prior: LatentDistribution,
+    x: Tensor,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Importance-weighted bound (Burda et al. 2015): log (1/K) sum_k p(x, z_k) / q(z_k|x).
+
+    z_k ~ q(z|x), K = ``samples``. It lies between the ELBO (K = 1, where it equals estimator A on
+    the same noise) and log p(x), and tightens as K grows; it is not an ELBO and is reported under
+    its own name.
+    """
+    q = encoder.posterior(x)
+    z = q.rsample(samples, generator)  # (K, B, J)
+    log_w = decoder.log_prob(x, z) + prior.log_prob(z) - q.log_prob(z)
+    return torch.logsumexp(log_w, 0) - math.log(samples)
+
+
+def objective(
+    encoder: Encoder,
+    decoder: Decoder,
+    prior: LatentDistribution,
+    x: Tensor,
+    estimator: str = "B",
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-datapoint training objective: SGVB estimator "A" or "B" (L samples) or "iwae" (K)."""
+    if estimator == "iwae":
+        return iwae_bound(encoder, decoder, prior, x, samples, generator)
+    return elbo(encoder, decoder, prior, x, estimator, samples, generator)

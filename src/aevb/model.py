@@ -12,8 +12,23 @@ from torch import Tensor, nn
 
 from .distributions import POSTERIORS, PRIORS, has_analytic_kl
 from .errors import ConfigError
-from .estimators import ESTIMATORS, elbo
+from .estimators import ESTIMATORS, elbo, iwae_bound
 from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
+
+ARCHITECTURES = ("mlp", "conv")
+
+
+def analytic_kl_available(posterior: str, prior: str) -> bool:
+    """Whether KL(posterior || prior) has a registered closed form (estimator B is available)."""
+    for kind, name, table in (("posterior", posterior, POSTERIORS), ("prior", prior, PRIORS)):
+        if name not in table:
+            raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
+    return has_analytic_kl(POSTERIORS[posterior], type(PRIORS[prior](1)))
+
+
+def default_estimator(posterior: str, prior: str) -> str:
+    """B (analytic KL, lower variance) where the KL has a closed form, else A."""
+    return "B" if analytic_kl_available(posterior, prior) else "A"
 
 
 @dataclass
@@ -30,6 +45,7 @@ class ModelConfig:
     prior: str = "normal"
     image_shape: tuple[int, int] | None = None
     parameter_posterior: bool = False  # full VB: a Gaussian posterior over the decoder's weights
+    architecture: str = "mlp"  # "conv": convolutional encoder and decoder (aevb.conv)
 
     def __post_init__(self) -> None:
         if self.image_shape is not None:
@@ -39,6 +55,7 @@ class ModelConfig:
             ("posterior", self.posterior, POSTERIORS),
             ("prior", self.prior, PRIORS),
             ("activation", self.activation, ACTIVATIONS),
+            ("architecture", self.architecture, ARCHITECTURES),
         ):
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {sorted(choices)}")
@@ -52,10 +69,24 @@ class ModelConfig:
                 f"image shape {self.image_shape} has {int(np.prod(self.image_shape))} pixels "
                 f"but the data has {self.x_dim} columns"
             )
+        if self.architecture == "conv":
+            from .conv import check_image_shape
+
+            try:
+                check_image_shape(self.image_shape)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        if POSTERIORS[self.posterior].support == "real" and (
+            PRIORS[self.prior](1).support == "positive"
+        ):
+            raise ConfigError(
+                f"posterior {self.posterior!r} puts mass on z <= 0 where prior {self.prior!r} has "
+                "none; use a positive posterior (exponential, weibull, lognormal) or another prior"
+            )
 
     def supports_estimator(self, estimator: str) -> bool:
-        """Estimator A always works; B needs an analytic KL(posterior || prior)."""
-        if estimator == "A":
+        """Estimators A and iwae always work; B needs an analytic KL(posterior || prior)."""
+        if estimator in ("A", "iwae"):
             return True
         prior_type = type(PRIORS[self.prior](1))
         return estimator == "B" and has_analytic_kl(POSTERIORS[self.posterior], prior_type)
@@ -78,12 +109,23 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.encoder = Encoder(
-            POSTERIORS[c.posterior], c.x_dim, c.latent_dim, c.hidden, c.depth, c.activation
-        )
-        self.decoder = Decoder(
-            LIKELIHOODS[c.likelihood], c.latent_dim, c.x_dim, c.hidden, c.depth, c.activation
-        )
+        if c.architecture == "conv":
+            from .conv import ConvDecoder, ConvEncoder
+
+            shape = c.image_shape
+            self.encoder = ConvEncoder(
+                POSTERIORS[c.posterior], shape, c.latent_dim, c.hidden, c.activation
+            )
+            self.decoder = ConvDecoder(
+                LIKELIHOODS[c.likelihood], c.latent_dim, shape, c.hidden, c.activation
+            )
+        else:
+            self.encoder = Encoder(
+                POSTERIORS[c.posterior], c.x_dim, c.latent_dim, c.hidden, c.depth, c.activation
+            )
+            self.decoder = Decoder(
+                LIKELIHOODS[c.likelihood], c.latent_dim, c.x_dim, c.hidden, c.depth, c.activation
+            )
         self.prior = PRIORS[c.prior](c.latent_dim)
         if c.parameter_posterior:
             # log-variances of q(theta) for every decoder weight (full VB, Appendix F); the
@@ -146,6 +188,8 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Per-datapoint lower bound (nats) by SGVB estimator A or B with L = ``samples``."""
+        if estimator == "iwae":
+            raise ConfigError("'iwae' is not an ELBO estimator; use VAE.iwae_bound (or A or B)")
         if estimator not in ESTIMATORS or not self.config.supports_estimator(estimator):
             raise ConfigError(
                 f"estimator {estimator!r} is not available for this posterior and prior; use 'A'"
@@ -160,6 +204,26 @@ class VAE(nn.Module):
             generator,
         )
 
+    def iwae_bound(self, x, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """Per-datapoint importance-weighted bound with K = ``samples`` (Burda et al. 2015)."""
+        if int(samples) < 1:
+            raise ConfigError(f"the IWAE bound needs samples >= 1, got {samples}")
+        return iwae_bound(
+            self.encoder, self.decoder, self.prior, self._as_tensor(x), samples, generator
+        )
+
+    def objective(
+        self,
+        x,
+        estimator: str = "B",
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-datapoint training objective: the ELBO by estimator A or B, or the IWAE bound."""
+        if estimator == "iwae":
+            return self.iwae_bound(x, samples, generator)
+        return self.elbo(x, estimator, samples, generator)
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decoder means for n latent points drawn from the prior (Figure 5)."""
@@ -170,8 +234,8 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x) -> Tensor:
-        """Decoder mean at the posterior mean of each x."""
-        return self.decode_mean(self.encode(x)[0])
+        """Decoder mean at the posterior's center (its mean for the Gaussian, else its median)."""
+        return self.decode_mean(self.encoder.posterior(self._as_tensor(x)).center())
 
     def log_likelihood(
         self,
