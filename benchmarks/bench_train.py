@@ -277,6 +277,7 @@ def worker_main(name: str, spec: dict) -> None:
     first = time.perf_counter() - T_START
     w.run(spec["warmup"])
     sync()
+    clock = time.process_time if spec["clock"] == "cpu" else time.perf_counter
     info = {
         "ready": True,
         "import_s": round(t_import, 3),
@@ -291,10 +292,10 @@ def worker_main(name: str, spec: dict) -> None:
             break
         n = int(cmd[1])
         faults = _minor_faults()
-        t = time.perf_counter()
+        t = clock()
         w.run(n)
         sync()
-        dt = time.perf_counter() - t
+        dt = clock() - t
         samples = max(1, n // spec["M"]) * spec["M"]
         print(
             json.dumps(
@@ -393,7 +394,7 @@ def describe(spec: dict) -> str:
         f"{spec['data']} shapes ({d}-{h}-{spec['latent']} {lik}, N={n}), M={spec['M']}, "
         f"L={spec['samples']}, estimator {spec['estimator']}, {spec['optimizer']}, "
         f"algorithm {spec['algorithm']}, device {spec['device']}, "
-        f"threads {spec['threads'] or 'default'}"
+        f"threads {spec['threads'] or 'default'}, {spec['clock']} clock"
     )
 
 
@@ -480,6 +481,13 @@ def main(argv=None) -> None:
     ap.add_argument("--engine", choices=("auto", "fast", "autograd"), default="auto")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (the target); cpu: the worker's CPU time, steadier on a busy "
+        "machine with --threads 1",
+    )
     ap.add_argument("--reps", type=int, default=5, help="interleaved chunks per contender")
     ap.add_argument("--chunk", type=int, default=30_000, help="samples per chunk")
     ap.add_argument("--warmup", type=int, default=5_000, help="samples before measuring")
@@ -508,6 +516,7 @@ def main(argv=None) -> None:
         "device": args.device,
         "threads": args.threads,
         "warmup": max(args.warmup, 2 * args.M),
+        "clock": args.clock,
     }
     contenders = tuple(c for c in args.contenders.split(",") if c)
     if any(c not in CONTENDERS for c in contenders):

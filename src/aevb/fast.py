@@ -81,7 +81,9 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
     if c.posterior != "normal" or c.prior != "normal":
         return "the fast step covers a Gaussian posterior with a N(0, I) prior"
     if estimator not in ("A", "B"):
-        return f"unknown estimator {estimator!r}"
+        return f"the fast step covers estimators A and B, not {estimator!r}"
+    if getattr(c, "architecture", "mlp") != "mlp":
+        return f"the fast step covers the MLP encoder/decoder, not {c.architecture!r}"
     params = list(model.parameters())
     p0 = params[0]
     if p0.dtype not in (torch.float32, torch.float64) or p0.device.type not in ("cpu", "cuda"):
@@ -174,6 +176,7 @@ class FastStep:
         self._w = [self.param_views[i] for i in idx]
         self._g = [self.grad_views[i] for i in idx]
         self._buffers: dict[int, SimpleNamespace] = {}
+        self._half = torch.tensor(0.5, **kw)
         self._signature: tuple = ()
         self.adopt()
 
@@ -250,6 +253,7 @@ class FastStep:
                 go=torch.empty(n, nd, **kw),
                 t1=torch.empty(n, D, **kw),
                 t2=torch.empty(n, D, **kw),
+                t3=torch.empty(n, D, **kw) if self.gaussian else None,
                 xo=torch.empty(L, **kw),
                 gh2=torch.empty(n, H, **kw),
                 gz=torch.empty(n, J, **kw),
@@ -370,18 +374,16 @@ class FastStep:
         L, m, D = self.L, x.shape[0], self.D
         o, go = b.o, b.go
         raw, lv = o[:, :D], o[:, D:]
-        mean, q = b.t1, b.t2
+        mean, q, r = b.t1, b.t2, b.t3
         torch.sigmoid(raw, out=mean)
-        # r = x - mean (into go's mean half), q = r * exp(-logvar)
-        r = go[:, :D]
-        torch.sub(x, mean.view(L, m, D), out=r.view(L, m, D))
-        torch.exp(torch.neg(lv, out=q), out=q).mul_(r)
-        rr = torch.mul(q, r, out=r)  # r^2 exp(-logvar); r itself is no longer needed
-        logp = (rr.sum() + lv.sum() + float(n * D) * LOG_2PI) * -0.5
-        gl = go[:, D:]
-        torch.sub(1.0, rr, out=gl).mul_(0.5)  # -d/dlogvar = (1 - r^2 exp(-lv)) / 2
-        # -d/draw = -q * mean (1 - mean)
-        torch.addcmul(mean, mean, mean, value=-1.0, out=r).mul_(q).neg_()
+        torch.sub(mean.view(L, m, D), x, out=r.view(L, m, D))  # r = mean - x
+        torch.div(r, torch.exp(lv, out=q), out=q)  # q = (mean - x) exp(-logvar)
+        # log p = -1/2 sum(log 2 pi + logvar + (x - mean)^2 exp(-logvar))
+        logp = (torch.dot(q.view(-1), r.view(-1)) + lv.sum() + float(n * D) * LOG_2PI) * -0.5
+        # -d log p / d logvar = (1 - (x - mean)^2 exp(-logvar)) / 2
+        torch.addcmul(self._half, q, r, value=-0.5, out=go[:, D:])
+        # -d log p / d raw = (mean - x) exp(-logvar) mean (1 - mean)
+        torch.ops.aten.sigmoid_backward.grad_input(q, mean, grad_input=go[:, :D])
         return logp
 
     def step(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
