@@ -17,7 +17,7 @@ from . import __version__, figures, runs
 from .algorithms import ALGORITHMS
 from .data import BINARIZE_MODES, Dataset, check_support, load_dataset
 from .errors import ConfigError, DataError, RunError
-from .model import VAE, ModelConfig
+from .model import VAE, ModelConfig, default_estimator
 from .training import LR_CANDIDATES, TrainConfig, Trainer, _split_seed
 
 
@@ -133,8 +133,11 @@ def train(
     depth: int = 1,
     activation: str = "tanh",
     likelihood: str | None = None,
+    posterior: str = "normal",
+    prior: str | None = None,
+    architecture: str = "mlp",
     algorithm: str = "aevb",
-    estimator: str = "B",
+    estimator: str | None = None,
     samples: int = 1,
     batch_size: int = 100,
     optimizer: str = "adagrad",
@@ -174,10 +177,21 @@ def train(
     hyper-parameters by their TrainConfig names (``mcem_leapfrog``, ``mcem_updates``, ...).
     ``eval_marginal`` ("is" or "hmc") also logs log p(x) on the first ``eval_marginal_points``
     points of each split at every evaluation (Figure 3); MCEM, which has no bound, always does.
+    ``posterior`` and ``prior`` name latent families (docs/FAMILIES.md; the prior defaults to the
+    posterior's own standard member). ``estimator`` is "A", "B" or "iwae" (the importance-weighted
+    bound with K = ``samples``, logged as ``*_iwae_bound`` beside the ELBO); by default B where
+    KL(posterior || prior) is analytic, else A, and the run says which. ``architecture`` "conv"
+    uses the convolutional encoder and decoder of :mod:`aevb.conv` (image data only).
     """
     dev = resolve_device(device)
     if resume is not None:
         return _resume(Path(resume), budget, epochs, dev, progress, draw_figures)
+    prior = prior or posterior
+    if estimator is None:
+        estimator = default_estimator(posterior, prior)
+        if progress:
+            why = "analytic" if estimator == "B" else "no analytic"
+            tqdm.write(f"estimator {estimator} ({why} KL({posterior} || {prior}))")
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
     if binarize not in BINARIZE_MODES:
@@ -215,12 +229,16 @@ def train(
         depth=depth,
         activation=activation,
         likelihood=likelihood or ds.default_likelihood,
+        posterior=posterior,
+        prior=prior,
         image_shape=ds.image_shape,
         parameter_posterior=algorithm == "full-vb",
+        architecture=architecture,
     )
     if not mcfg.supports_estimator(estimator):
         raise ConfigError(
-            f"estimator {estimator} needs an analytic KL for this posterior and prior; use A"
+            f"estimator {estimator} needs an analytic KL({posterior} || {prior}), which has no "
+            "closed form; use --estimator A (or leave it out to pick one)"
         )
     train_x, test_x = _data_tensors(ds, mcfg.likelihood, binarize, dev)
     if tcfg.lr == "auto":
@@ -424,6 +442,7 @@ def evaluate(
     binarize: str | None = None,
     estimator: str | None = None,
     samples: int = 1,
+    iwae_samples: int | None = None,
     seed: int = 0,
     batch_size: int = 1000,
     marginal: str | None = None,
@@ -448,11 +467,20 @@ def evaluate(
     ``hmc_target_accept``). Each comes with its standard error over points, its paired gap to the
     bound and its settings, under ``result["marginal"][method]``. On CPU importance sampling runs
     ``workers`` single-threaded workers (default: torch's thread count), see
-    :func:`aevb.marginal.importance_sampling`.
+    :func:`aevb.marginal.importance_sampling`. ``iwae_samples`` = K adds the importance-weighted
+    bound (``result["iwae_bound"]``); for runs trained on it, the bound reported is the ELBO (B
+    where the KL is analytic, else A) and K defaults to the run's.
     """
     run_dir = Path(run_dir)
     model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize)
+    if estimator == "iwae":
+        raise ConfigError("--estimator names an ELBO estimator (A or B); use --iwae-samples K")
     est = estimator or cfg["train"]["estimator"]
+    if est == "iwae":
+        est = "B" if model.config.supports_estimator("B") else "A"
+        iwae_samples = iwae_samples or int(cfg["train"]["samples"])
+    if iwae_samples is not None and iwae_samples < 1:
+        raise ConfigError(f"--iwae-samples must be positive, got {iwae_samples}")
     if samples < 1:
         raise ConfigError(f"--samples must be positive, got {samples}")
     if marginal not in (None, "is", "hmc", "both"):
@@ -501,6 +529,17 @@ def evaluate(
         "bound_se": _se(b),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if iwae_samples is not None:
+        step = max(1, 20_000 // iwae_samples)  # at most ~20 000 decoded (z, x) pairs at once
+        gi = torch.Generator(device=dev).manual_seed(_split_seed(seed, 9))
+        with torch.no_grad():
+            w = torch.cat(
+                [
+                    model.iwae_bound(xt[i : i + step], iwae_samples, gi)
+                    for i in range(0, len(xt), step)
+                ]
+            )
+        res.update(iwae_samples=iwae_samples, iwae_bound=float(w.mean()), iwae_bound_se=_se(w))
     if marginal is not None:
         methods = ("is", "hmc") if marginal == "both" else (marginal,)
         res["marginal"] = {}
@@ -638,7 +677,16 @@ def manifold(
             f"manifold needs a 2-D latent space; this model has {model.config.latent_dim} "
             "(train with --latent-dim 2)"
         )
-    z = figures.manifold_latents(grid).to(model.device)
+    z = figures.manifold_latents(grid)
+    if model.config.prior != "normal":  # the same unit-square grid through the prior's icdf
+        try:
+            z = model.prior.icdf(0.5 * torch.erfc(-z.double() / math.sqrt(2.0))).float()
+        except NotImplementedError:
+            raise ConfigError(
+                f"manifold needs the prior's inverse CDF; the {model.config.prior!r} prior has "
+                "none in closed form"
+            ) from None
+    z = z.to(model.device)
     with torch.no_grad():
         x = model.decode_mean(z)
     return _write_image_or_array(Path(out), x, model.config.image_shape, grid, "learned manifold")
@@ -671,16 +719,20 @@ def encode(
     data_dir: str | Path | None = None,
     binarize: str | None = None,
 ) -> Path:
-    """Posterior means and log-variances: .npz (arrays mu, logvar) or .npy ([mu, logvar])."""
+    """Posterior means and log-variances: .npz (arrays mu, logvar) or .npy ([mu, logvar]).
+
+    Other posterior families write their raw parameters under their names (e.g. loc, log_scale).
+    """
     model, x, _, _ = _run_data(Path(run_dir), data, split, data_dir, binarize)
     with torch.no_grad():
-        mu, logvar = model.encode(x)
+        params = model.encode(x)
+    names = getattr(model.encoder.family, "param_names", ()) or ("mu", "logvar")
     out = Path(out)
     buf = io.BytesIO()
     if out.suffix.lower() == ".npz":
-        np.savez(buf, mu=mu.numpy(), logvar=logvar.numpy())
+        np.savez(buf, **{n: p.numpy() for n, p in zip(names, params, strict=True)})
     elif out.suffix.lower() == ".npy":
-        np.save(buf, torch.cat([mu, logvar], 1).numpy())
+        np.save(buf, torch.cat(params, 1).numpy())
     else:
         raise ConfigError(f"--out {out}: use a .npy or .npz file name")
     runs.atomic_write_bytes(out, buf.getvalue())

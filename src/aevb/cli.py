@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__, api
 from .data import BINARIZE_MODES
+from .distributions import POSTERIORS, PRIORS
 from .errors import AevbError, ConfigError
 
 
@@ -92,7 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean",
         help="full VB: bound at the posterior-mean weights, or averaged over weight draws",
     )
-    t.add_argument("--estimator", choices=["A", "B"], default="B", help="SGVB estimator")
+    t.add_argument(
+        "--posterior",
+        choices=sorted(POSTERIORS),
+        default="normal",
+        help="latent family of q(z|x) (docs/FAMILIES.md; default normal)",
+    )
+    t.add_argument(
+        "--prior",
+        choices=sorted(PRIORS),
+        help="family of p(z), its standard member (default: the posterior's family)",
+    )
+    t.add_argument(
+        "--architecture",
+        choices=["mlp", "conv"],
+        default="mlp",
+        help="MLP encoder/decoder (paper) or convolutional (image data)",
+    )
+    t.add_argument(
+        "--estimator",
+        choices=["A", "B", "iwae"],
+        help="SGVB estimator A or B, or iwae (importance-weighted bound, K = --samples); "
+        "default: B where KL(posterior || prior) is analytic, else A",
+    )
     t.add_argument(
         "--eval-marginal",
         choices=["is", "hmc"],
@@ -105,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mcem-leapfrog", type=_positive_int, help="MCEM: leapfrog steps (10)")
     t.add_argument("--mcem-updates", type=_positive_int, help="MCEM: updates per sample (5)")
     t.add_argument("--mcem-target-accept", type=float, help="MCEM: HMC acceptance target (0.9)")
-    t.add_argument("--samples", type=_positive_int, default=1, help="L, samples per datapoint")
+    t.add_argument(
+        "--samples", type=_positive_int, default=1, help="L (K for iwae), samples per datapoint"
+    )
     t.add_argument("--batch-size", type=_positive_int, default=100, help="M (default 100)")
     t.add_argument("--optimizer", choices=["adagrad", "adam"], default="adagrad")
     t.add_argument(
@@ -144,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(e, None)
     e.add_argument("--split", default="test", help="train, test or valid (default test)")
     e.add_argument("--binarize", choices=BINARIZE_MODES, help="default: the run's")
-    e.add_argument("--estimator", choices=["A", "B"])
+    e.add_argument("--estimator", choices=["A", "B"], help="ELBO estimator (default: the run's)")
     e.add_argument("--samples", type=_positive_int, default=1)
+    e.add_argument(
+        "--iwae-samples",
+        type=_positive_int,
+        help="also the importance-weighted bound with K samples (default: K of an iwae run)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument(
@@ -224,6 +254,9 @@ def _run(args: argparse.Namespace) -> int:
                 for k in ("mcem_leapfrog", "mcem_updates", "mcem_target_accept")
                 if (v := getattr(args, k)) is not None
             },
+            posterior=args.posterior,
+            prior=args.prior,
+            architecture=args.architecture,
             estimator=args.estimator,
             samples=args.samples,
             batch_size=args.batch_size,
@@ -245,10 +278,14 @@ def _run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         f = run.final
+        tc = run.config["train"]
+        iw = ""
+        if "test_iwae_bound" in f:
+            iw = f", test IWAE bound {f['test_iwae_bound']:.3f} (K={tc['samples']})"
         print(
-            f"trained {f.get('samples_seen', 0):,} samples: train bound "
-            f"{f.get('train_bound', float('nan')):.3f}, test bound "
-            f"{f.get('test_bound', float('nan')):.3f} nats; run in {run.path}"
+            f"trained {f.get('samples_seen', 0):,} samples (estimator {tc['estimator']}): "
+            f"train bound {f.get('train_bound', float('nan')):.3f}, test bound "
+            f"{f.get('test_bound', float('nan')):.3f} nats{iw}; run in {run.path}"
         )
     elif args.command == "evaluate":
         res = api.evaluate(
@@ -259,6 +296,7 @@ def _run(args: argparse.Namespace) -> int:
             binarize=args.binarize,
             estimator=args.estimator,
             samples=args.samples,
+            iwae_samples=args.iwae_samples,
             seed=args.seed,
             marginal=args.marginal,
             importance_samples=args.importance_samples,
@@ -280,6 +318,11 @@ def _run(args: argparse.Namespace) -> int:
                 f"bound {res['bound']:.3f} ± {res['bound_se']:.3f} nats "
                 f"(estimator {res['estimator']}, L={res['samples']})"
             )
+            if "iwae_bound" in res:
+                print(
+                    f"  IWAE bound {res['iwae_bound']:.3f} ± {res['iwae_bound_se']:.3f} nats "
+                    f"(K={res['iwae_samples']})"
+                )
             for m in res.get("marginal", {}).values():
                 how = (
                     f"importance sampling, K={m['importance_samples']}, "

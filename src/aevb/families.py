@@ -44,6 +44,9 @@ def uniform(shape: tuple[int, ...], generator: torch.Generator | None, like: Ten
 class Family(LatentDistribution):
     """A latent family stored as its raw parameters (each of shape (..., J), broadcastable)."""
 
+    #: Names of the raw parameters, in the encoder's order (used by ``aevb encode``).
+    param_names: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, *raw: Tensor) -> None:
         self.raw = raw
 
@@ -90,6 +93,7 @@ class LocationScale(Family):
     """z = loc + exp(log_scale) * eps with eps ~ a standard density (route 2)."""
 
     n_params = 2
+    param_names: ClassVar[tuple[str, ...]] = ("loc", "log_scale")
 
     @property
     def loc(self) -> Tensor:
@@ -227,6 +231,7 @@ class Exponential(Family):
 
     name = "exponential"
     n_params = 1
+    param_names = ("log_rate",)
     support = "positive"
 
     @property
@@ -249,6 +254,7 @@ class Weibull(Family):
 
     name = "weibull"
     n_params = 2
+    param_names = ("log_scale", "log_shape")
     support = "positive"
 
     @property
@@ -279,6 +285,7 @@ class LogNormal(Family):
 
     name = "lognormal"
     n_params = 2
+    param_names = LocationScale.param_names
     support = "positive"
     loc = LocationScale.loc
     log_scale = LocationScale.log_scale
