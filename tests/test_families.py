@@ -200,3 +200,19 @@ def test_importance_sampling_uses_the_family_density(name):
     se = torch.sqrt((est.samples / est.ess - 1) / est.samples)
     assert ((est.log_px - ref).abs() < 4 * se + 1e-4).all(), (est.log_px, ref, se)
     assert (est.bound <= est.log_px).all()
+
+
+@pytest.mark.parametrize("name", list(POSTERIORS))
+def test_every_family_trains_from_the_cli(tmp_path, capsys, name):
+    from aevb import runs
+    from aevb.cli import main
+
+    out = tmp_path / name
+    argv = ["train", "--data", "digits", "--out", str(out), "--posterior", name, "--quiet"]
+    argv += ["--latent-dim", "3", "--hidden", "32", "--budget", "5000", "--lr", "0.05"]
+    assert main([*argv, "--eval-per-decade", "1", "--eval-size", "300"]) == 0
+    est = default_estimator(name, name)
+    assert f"(estimator {est})" in capsys.readouterr().out
+    metrics = runs.read_metrics(out)
+    assert metrics[-1]["test_bound"] > metrics[0]["test_bound"] + 5
+    assert runs.read_config(out)["model"]["prior"] == name
