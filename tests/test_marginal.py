@@ -119,6 +119,18 @@ def test_worker_threads_give_identical_results(trained):
     )
     torch.testing.assert_close(a.log_px, b.log_px)
     torch.testing.assert_close(a.ess, b.ess)
+    h1, h2 = (
+        marginal.hmc_marginal(
+            model,
+            x[:40],
+            warmup=60,
+            batch_size=15,
+            workers=w,
+            generator=torch.Generator().manual_seed(12),
+        )
+        for w in (1, 2)
+    )
+    torch.testing.assert_close(h1.log_px, h2.log_px)
     assert torch.get_num_threads() == 1  # restored (this module runs single-threaded)
 
 

@@ -465,7 +465,7 @@ def evaluate(
     at a time) and/or the Appendix D estimator (``hmc_samples`` posterior draws per point,
     ``hmc_leapfrog`` leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
     ``hmc_target_accept``). Each comes with its standard error over points, its paired gap to the
-    bound and its settings, under ``result["marginal"][method]``. On CPU importance sampling runs
+    bound and its settings, under ``result["marginal"][method]``. On CPU both estimators run
     ``workers`` single-threaded workers (default: torch's thread count), see
     :func:`aevb.marginal.importance_sampling`. ``iwae_samples`` = K adds the importance-weighted
     bound (``result["iwae_bound"]``); for runs trained on it, the bound reported is the ELBO (B
@@ -600,7 +600,7 @@ def _marginal_estimate(
                 leapfrog_steps=s["hmc_leapfrog"],
                 warmup=s["hmc_warmup"],
                 target_accept=s["hmc_target_accept"],
-                batch_size=max(1, min(len(x), 1000)),
+                workers=s["workers"],
                 generator=generator,
                 progress=bar.update,
             )
@@ -630,6 +630,7 @@ def _marginal_estimate(
     else:
         out.update(
             {k: v for k, v in r.settings.items() if k != "initial_step_size"},
+            workers=s["workers"],
             accept_rate=float(r.accept_rate.mean()),
             step_size_median=float(r.step_size.median()),
             ess_median=float(r.ess.median()),

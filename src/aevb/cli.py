@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hmc-warmup", type=int, default=200, help="step-size adaptation transitions")
     e.add_argument("--target-accept", type=float, default=0.9, help="HMC acceptance target")
     e.add_argument(
-        "--workers", type=_positive_int, help="importance-sampling CPU workers (default: threads)"
+        "--workers", type=_positive_int, help="CPU worker threads for --marginal (default: threads)"
     )
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

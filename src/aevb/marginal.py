@@ -165,6 +165,7 @@ def importance_sampling(
     starts = list(range(0, n, batch))
     seeds = _batch_seeds(len(starts), generator, x.device)
 
+    @torch.no_grad()  # grad mode is per thread: set it in the worker
     def run(i: int) -> tuple[Tensor, Tensor, Tensor]:
         xb = x[starts[i] : starts[i] + batch]
         g = torch.Generator(device=x.device).manual_seed(seeds[i])
@@ -253,7 +254,8 @@ def hmc_marginal(
     thin: int = 1,
     ridge: float = 1e-3,
     init: str = "encoder",
-    batch_size: int = 1000,
+    batch_size: int = 250,
+    workers: int = 1,
     generator: torch.Generator | None = None,
     progress: Progress = None,
 ) -> HMCMarginalResult:
@@ -263,7 +265,9 @@ def hmc_marginal(
     size adapted per chain during ``warmup`` towards ``target_accept``) start from a draw of the
     encoder's q(z|x) (``init="encoder"``) or of the prior (``"prior"``). Each chain yields
     ``posterior_samples`` draws for the Gaussian fit, then ``posterior_samples`` fresh draws for the
-    estimate, keeping every ``thin``-th state.
+    estimate, keeping every ``thin``-th state. Points go in batches of ``batch_size``, each with
+    its own seed drawn from ``generator``; on CPU ``workers`` > 1 runs batches in that many Python
+    threads with single-threaded torch ops (as in :func:`importance_sampling`).
     """
     _check_positive(
         posterior_samples=posterior_samples,
@@ -271,6 +275,7 @@ def hmc_marginal(
         chains=chains,
         thin=thin,
         batch_size=batch_size,
+        workers=workers,
     )
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
@@ -288,41 +293,41 @@ def hmc_marginal(
         "init": init,
         "density": "full-covariance gaussian",
     }
-    outs: dict[str, list[Tensor]] = {k: [] for k in ("lp", "ess", "rv", "acc", "eps")}
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
+    starts = list(range(0, len(x), batch_size))
+    seeds = _batch_seeds(len(starts), generator, x.device)
+
+    def run(i: int) -> tuple[Tensor, ...]:
+        xb = x[starts[i] : starts[i] + batch_size]
+        g = torch.Generator(device=x.device).manual_seed(seeds[i])
         with torch.no_grad():
             if init == "encoder":
-                z0 = model.encoder.posterior(xb).rsample(chains, generator)
+                z0 = model.encoder.posterior(xb).rsample(chains, g)
             else:
                 z0 = model.prior.rsample(
-                    chains * len(xb), generator, device=xb.device, dtype=xb.dtype
+                    chains * len(xb), g, device=xb.device, dtype=xb.dtype
                 ).reshape(chains, len(xb), -1)
 
-        def target(z: Tensor, xb: Tensor = xb) -> Tensor:
+        def target(z: Tensor) -> Tensor:
             return log_joint(model, xb, z)
 
+        common = {"n_leapfrog": leapfrog_steps, "thin": thin, "generator": g}
         fit_run = hmc.sample(
             target,
             z0,
             posterior_samples,
             n_warmup=warmup,
-            n_leapfrog=leapfrog_steps,
             step_size=step_size,
             target_accept=target_accept,
-            thin=thin,
-            generator=generator,
+            **common,
         )
         fresh = hmc.sample(
             target,
             fit_run.z,
             posterior_samples,
             n_warmup=0,
-            n_leapfrog=leapfrog_steps,
             step_size=fit_run.step_size,
             adapt=False,
-            thin=thin,
-            generator=generator,
+            **common,
         )
         with torch.no_grad():
             b, d = len(xb), z0.shape[-1]
@@ -331,18 +336,28 @@ def hmc_marginal(
             log_r = fit.log_prob(z) - fresh.log_prob.reshape(-1, b)  # log q(z) - log p(x, z)
             acc = LogMeanExp()
             acc.add(log_r)
-            outs["lp"].append(-acc.log_mean)
-            outs["ess"].append(acc.ess)
-            outs["rv"].append(acc.n / acc.ess - 1.0)
-            outs["acc"].append(fresh.accept_rate.mean(0))
-            outs["eps"].append(fresh.step_size.mean(0))
+            out = (
+                -acc.log_mean,
+                acc.ess,
+                acc.n / acc.ess - 1.0,
+                fresh.accept_rate.mean(0),
+                fresh.step_size.mean(0),
+            )
         if progress is not None:
             progress(len(xb))
+        return out
+
+    if workers > 1 and x.device.type == "cpu":
+        with _single_threaded_ops(True), ThreadPoolExecutor(workers) as pool:
+            outs = list(pool.map(run, range(len(starts))))
+    else:
+        outs = [run(i) for i in range(len(starts))]
+    cols = [torch.cat(c) for c in zip(*outs, strict=True)]
     return HMCMarginalResult(
-        log_px=torch.cat(outs["lp"]),
-        ess=torch.cat(outs["ess"]),
-        rel_var=torch.cat(outs["rv"]),
-        accept_rate=torch.cat(outs["acc"]),
-        step_size=torch.cat(outs["eps"]),
+        log_px=cols[0],
+        ess=cols[1],
+        rel_var=cols[2],
+        accept_rate=cols[3],
+        step_size=cols[4],
         settings=settings,
     )
