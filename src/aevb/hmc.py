@@ -131,7 +131,7 @@ class StepSizeAdapter:
     leaves its iterates fluctuating widely in low dimensions, and the averaged step size then
     overshoots the target acceptance (0.98 instead of 0.9 on a 4-D Gaussian); the finer stages
     shrink the fluctuation so the frozen step size lands within about 0.02 of the target for
-    Gaussians of 2 to 20 dimensions.
+    Gaussians of 2 to 20 dimensions. Warm-ups shorter than 60 transitions use one stage.
     """
 
     GAMMAS = (0.05, 0.5, 2.0)
