@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, figures, runs
+from . import __version__, distributed, figures, runs
 from .algorithms import ALGORITHMS
 from .data import BINARIZE_MODES, Dataset, check_support, load_dataset
 from .errors import ConfigError, DataError, RunError
@@ -184,6 +184,8 @@ def train(
     uses the convolutional encoder and decoder of :mod:`aevb.conv` (image data only).
     """
     dev = resolve_device(device)
+    dev = distributed.setup_from_env(dev)  # under torchrun: join the ranks' process group
+    progress = progress and distributed.is_main()  # rank 0 alone prints and writes
     if resume is not None:
         return _resume(Path(resume), budget, epochs, dev, progress, draw_figures)
     prior = prior or posterior
@@ -196,12 +198,16 @@ def train(
         raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
     if binarize not in BINARIZE_MODES:
         raise ConfigError(f"unknown --binarize {binarize!r}; choose one of {list(BINARIZE_MODES)}")
-    out_dir = _prepare_out(out) if out is not None else None
+    if distributed.world_size() > 1 and ALGORITHMS[algorithm].needs_index:
+        raise ConfigError(f"{algorithm} keeps per-datapoint state; train it in one process")
+    out_dir = None
+    if out is not None:  # made by rank 0; its error, if any, is raised on every rank
+        out_dir = distributed.on_main(lambda: _prepare_out(out)) or Path(out)
     tcfg = TrainConfig(
         algorithm=algorithm,
         estimator=estimator,
         samples=samples,
-        batch_size=batch_size,
+        batch_size=batch_size * distributed.world_size(),  # the global minibatch
         optimizer=optimizer,
         lr=lr,
         weight_prior=weight_prior,
@@ -218,8 +224,14 @@ def train(
         eval_marginal_points=eval_marginal_points,
         **_algorithm_options(algorithm_options),
     )
-    ds = load_dataset(
-        data, data_dir=data_dir, image_shape=image_shape, validation=validation, progress=progress
+    ds = distributed.main_first(  # rank 0 first: it alone downloads missing files
+        lambda: load_dataset(
+            data,
+            data_dir=data_dir,
+            image_shape=image_shape,
+            validation=validation,
+            progress=progress,
+        )
     )
     _limit_train(ds, train_size)
     mcfg = ModelConfig(
@@ -258,13 +270,20 @@ def train(
             "train_size": train_size,
             "description": ds.description,
         },
+        "distributed": _processes(tcfg),
     }
     model = _build_model(mcfg, tcfg, dev)
     alg = ALGORITHMS[algorithm](model, tcfg, len(train_x), float(tcfg.lr))
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         runs.atomic_write_json(out_dir / runs.CONFIG, cfg)
     trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress)
     return _finish(trainer, out_dir, cfg, ds, draw_figures)
+
+
+def _processes(tcfg: TrainConfig) -> dict:
+    """The data-parallel layout of this call (docs/DISTRIBUTED.md): ranks and their minibatch."""
+    world = distributed.world_size()
+    return {"processes": world, "batch_per_process": tcfg.batch_size // world}
 
 
 def _limit_train(ds: Dataset, n: int | None) -> None:
@@ -303,12 +322,14 @@ def _resume(
     tcfg = TrainConfig(**tdict)
     if tcfg.lr == "auto":
         raise RunError(f"{run_dir / runs.CONFIG}: the step size was never chosen; start a new run")
-    ds = load_dataset(
-        cfg["data"]["spec"],
-        data_dir=cfg["data"].get("data_dir"),
-        image_shape=mcfg.image_shape,
-        validation=bool(cfg["data"].get("validation", False)),
-        progress=progress,
+    ds = distributed.main_first(
+        lambda: load_dataset(
+            cfg["data"]["spec"],
+            data_dir=cfg["data"].get("data_dir"),
+            image_shape=mcfg.image_shape,
+            validation=bool(cfg["data"].get("validation", False)),
+            progress=progress,
+        )
     )
     _limit_train(ds, cfg["data"].get("train_size"))
     if ds.x_dim != mcfg.x_dim:
@@ -326,19 +347,24 @@ def _resume(
         )
     except (KeyError, RuntimeError, ValueError) as e:
         raise RunError(f"{run_dir / runs.STATE}: does not match config.json ({e})") from None
-    runs.truncate_metrics(run_dir, trainer.samples_seen)
-    if budget is not None or epochs is not None:
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
+    if distributed.is_main():
+        runs.truncate_metrics(run_dir, trainer.samples_seen)
+    if budget is not None or epochs is not None or cfg.get("distributed") != _processes(tcfg):
         cfg["train"] = tcfg.to_dict()
-        runs.atomic_write_json(run_dir / runs.CONFIG, cfg)
+        cfg["distributed"] = _processes(tcfg)
+        if distributed.is_main():
+            runs.atomic_write_json(run_dir / runs.CONFIG, cfg)
     return _finish(trainer, run_dir, cfg, ds, draw_figures)
 
 
 def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw: bool) -> Run:
     trainer.run()
     trainer.checkpoint()
-    metrics = runs.read_metrics(out_dir) if out_dir is not None else trainer.records
+    main = distributed.is_main()
+    metrics = runs.read_metrics(out_dir) if out_dir is not None and main else trainer.records
     run = Run(out_dir, trainer.model, cfg, metrics)
-    if out_dir is not None and draw:
+    if out_dir is not None and draw and main:
         draw_run_figures(run, ds)
     return run
 

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import __version__, api
+from . import __version__, api, distributed
 from .data import BINARIZE_MODES
 from .distributions import POSTERIORS, PRIORS
 from .errors import AevbError, ConfigError
@@ -277,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_seconds=args.checkpoint_seconds,
             progress=not args.quiet,
         )
+        if not distributed.is_main():
+            return 0  # under torchrun rank 0 alone reports
         f = run.final
         tc = run.config["train"]
         iw = ""
@@ -373,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AevbError as e:
         sys.stderr.write(f"aevb: error: {e}\n")
         return 2
+    except distributed.RankLostError as e:  # torchrun: another rank died or hung
+        sys.stderr.write(f"aevb: error: {e}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("aevb: interrupted; continue a training run with --resume RUNDIR\n")
         return 130

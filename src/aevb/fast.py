@@ -28,6 +28,7 @@ synchronisation: the step returns a 0-d tensor). Everything else falls back to a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
@@ -178,6 +179,11 @@ class FastStep:
         self._buffers: dict[int, SimpleNamespace] = {}
         self._half = torch.tensor(0.5, **kw)
         self._signature: tuple = ()
+        # data parallel (aevb.distributed): this rank's part of a global minibatch of world * m;
+        # the noise of the whole global minibatch is drawn and this rank's slice used, so the
+        # step equals the one-process step; grad_hook averages the gradient over the ranks.
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world size)
+        self.grad_hook: Callable[[Tensor], object] | None = None
         self.adopt()
 
     # ----------------------------------------------------------------- flat storage
@@ -246,7 +252,7 @@ class FastStep:
                 h1=torch.empty(m, H, **kw),
                 e=torch.empty(m, 2 * J, **kw),
                 std=torch.empty(m, J, **kw),
-                eps=torch.empty(L, m, J, **kw),
+                eps_all=torch.empty(L, m * self.shard[1], J, **kw),
                 z=torch.empty(L, m, J, **kw),
                 h2=torch.empty(n, H, **kw),
                 o=torch.empty(n, nd, **kw),
@@ -264,6 +270,7 @@ class FastStep:
             b.mu, b.lv = b.e[:, :J], b.e[:, J:]
             b.gmu, b.glv = b.ge[:, :J], b.ge[:, J:]
             b.z2 = b.z.view(n, J)
+            b.eps = b.eps_all[:, self.shard[0] * m : (self.shard[0] + 1) * m]
             self._buffers = {m: b}  # keep one minibatch size: the Trainer's
         return b
 
@@ -288,7 +295,8 @@ class FastStep:
         torch.addmm(be, h1, We.t(), out=b.e)
         mu, lv, std = b.mu, b.lv, b.std
         torch.mul(lv, 0.5, out=std).exp_()
-        eps = b.eps.normal_(generator=generator)  # = DiagonalNormal.rsample's torch.randn draw
+        b.eps_all.normal_(generator=generator)  # = DiagonalNormal.rsample's torch.randn draw
+        eps = b.eps  # this rank's part (all of it in one process)
         torch.addcmul(mu, std, eps, out=b.z)
         z = b.z2
         h2 = self._hidden(bd1, z, Wd1, b.h2)
@@ -389,6 +397,8 @@ class FastStep:
     def step(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         """One AEVB update on minibatch x; return the minibatch mean bound (0-d, no sync)."""
         bound = self.gradients(x, generator)
+        if self.grad_hook is not None:
+            self.grad_hook(self.grad)
         self.update()
         return bound
 

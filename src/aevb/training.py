@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import runs
+from . import distributed, runs
 from .data.base import binarize_tensor
 from .errors import ConfigError
 from .fast import FastStep, tune_allocator, unsupported_optimizer, unsupported_reason
@@ -309,8 +309,11 @@ class Trainer:
         self.config = config
         self.train_x = train_x
         self.test_x = test_x
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress = progress
+        # data parallel (aevb.distributed): config.batch_size is the global minibatch, of which
+        # each of the `world` ranks takes `local_batch` points; rank 0 alone writes and prints
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.run_dir = Path(run_dir) if run_dir is not None and self.rank == 0 else None
+        self.progress = progress and self.rank == 0
         self.on_eval = on_eval
         n, m = len(train_x), config.batch_size
         if n < m:
@@ -318,6 +321,16 @@ class Trainer:
                 f"the training set has {n} points, fewer than the minibatch size {m}; "
                 f"use --batch-size {n} or less"
             )
+        if m % self.world or (self.world > 1 and algorithm.needs_index):
+            raise ConfigError(
+                f"{algorithm.name} keeps per-datapoint state; train it in one process"
+                if m % self.world == 0
+                else f"the global minibatch of {m} does not split over {self.world} processes; "
+                f"use a number of processes that divides {m}"
+            )
+        self.local_batch = m // self.world
+        distributed.make_data_parallel(algorithm)  # average gradients over the ranks
+        distributed.broadcast_([*self.model.parameters(), *self.model.buffers()])
         self.steps_per_epoch = n // m  # the last partial minibatch of an epoch is dropped
         if config.epochs is not None:
             self.total = config.epochs * self.steps_per_epoch * m
@@ -334,6 +347,19 @@ class Trainer:
         self._epoch_x: Tensor | None = None
         self._epoch_perm: Tensor | None = None
         self._epoch = -1
+        self._rank_noise()
+
+    def _rank_noise(self) -> None:
+        """Autograd steps on several ranks draw their noise from per-rank streams."""
+        if self.world > 1 and not getattr(self.alg, "noise_sharded", False):
+            self.noise.manual_seed(_split_seed(self.config.seed, 1, self.rank, self.step_count))
+
+    def _spread(self, fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int) -> Tensor:
+        """fn over x in chunks; on several ranks each does its share and all get the whole."""
+        lo, hi = distributed.shard_bounds(len(x))
+        x = x[lo:hi]
+        parts = [fn(x[i : i + chunk]) for i in range(0, len(x), max(1, chunk))]
+        return distributed.gather_cat(torch.cat(parts) if parts else x.new_zeros(0))
 
     # ---------------------------------------------------------------- data order
     def _epoch_data(self, epoch: int) -> tuple[Tensor, Tensor]:
@@ -363,8 +389,10 @@ class Trainer:
     def evaluate(self) -> dict:
         """Train and test bounds (mean and standard error over points) at the current step."""
         rec: dict = {"samples_seen": self.samples_seen, "seconds": round(self.seconds, 3)}
+        distributed.check_replicas(self.model.parameters())  # the ranks hold the same model
+        ranks = (self.rank,) if self.world > 1 else ()  # each rank its own evaluation noise
         g = torch.Generator(device=self.train_x.device).manual_seed(
-            _split_seed(self.config.seed, 6, self.samples_seen)
+            _split_seed(self.config.seed, 6, self.samples_seen, *ranks)
         )
         self.model.eval()
         for split_id, (name, x) in enumerate((("train", self.train_x), ("test", self.test_x))):
@@ -372,26 +400,23 @@ class Trainer:
                 continue
             xe = self._eval_data(x, split_id)
             if self.alg.has_bound:
-                b = torch.cat(
-                    [self.alg.evaluate(xe[i : i + 2000], g) for i in range(0, len(xe), 2000)]
-                )
+                b = self._spread(lambda t: self.alg.evaluate(t, g), xe, 2000)
                 rec[f"{name}_bound"] = float(b.mean())
                 rec[f"{name}_bound_se"] = _se(b)
             if self.config.estimator == "iwae":
                 k = self.config.samples
                 step = max(1, 20_000 // k)  # at most ~20 000 decoded (z, x) pairs at once
-                w = torch.cat(
-                    [self.model.iwae_bound(xe[i : i + step], k, g) for i in range(0, len(xe), step)]
-                )
+                w = self._spread(lambda t, k=k: self.model.iwae_bound(t, k, g), xe, step)
                 rec[f"{name}_iwae_bound"] = float(w.mean())
                 rec[f"{name}_iwae_bound_se"] = _se(w)
             if self.config.eval_marginal is not None:
                 xm = xe[: self.config.eval_marginal_points]
-                ll = self._log_likelihood(xm, g)
+                ll = self._spread(lambda t: self._log_likelihood(t, g), xm, len(xm))
                 rec[f"{name}_log_likelihood"] = float(ll.mean())
                 rec[f"{name}_log_likelihood_se"] = _se(ll)
                 if self.alg.has_bound:  # the bound on the same points, for a like-for-like gap
-                    rec[f"{name}_bound_subset"] = float(self.alg.evaluate(xm, g).mean())
+                    sub = self._spread(lambda t: self.alg.evaluate(t, g), xm, len(xm))
+                    rec[f"{name}_bound_subset"] = float(sub.mean())
         self.model.train()
         rec.update(self.alg.extra_metrics())
         return rec
@@ -434,6 +459,7 @@ class Trainer:
         self.alg.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("alg.")})
         self.step_count = int(meta["step"])
         self.seconds = float(meta["seconds"])
+        self._rank_noise()
 
     def checkpoint(self) -> None:
         if self.run_dir is None:
@@ -470,7 +496,9 @@ class Trainer:
         running = torch.zeros((), device=self.train_x.device)
         # one minibatch buffer for the whole run: no large allocation (and page faults) per step
         xb = torch.empty(
-            (m, *self.train_x.shape[1:]), dtype=self.train_x.dtype, device=self.train_x.device
+            (self.local_batch, *self.train_x.shape[1:]),
+            dtype=self.train_x.dtype,
+            device=self.train_x.device,
         )
         if self.train_x.device.type == "cpu":
             tune_allocator()  # the autograd steps (baselines, fallbacks) allocate every step
@@ -484,7 +512,8 @@ class Trainer:
             while self.step_count < total_steps:
                 epoch, pos = divmod(self.step_count, self.steps_per_epoch)
                 x, perm = self._epoch_data(epoch)
-                idx = perm[pos * m : (pos + 1) * m]
+                lo = pos * m + self.rank * self.local_batch  # this rank's part of the minibatch
+                idx = perm[lo : lo + self.local_batch]
                 torch.index_select(x, 0, idx, out=xb)
                 if self.alg.needs_index:
                     running += self.alg.step(xb, self.noise, index=idx)
@@ -493,7 +522,7 @@ class Trainer:
                 n_running += 1
                 self.step_count += 1
                 if n_running == 20 or self.step_count == total_steps:
-                    mean_bound = float(running) / n_running
+                    mean_bound = float(distributed.all_reduce_mean_(running)) / n_running
                     self.trace.append(mean_bound)
                     bar.update(n_running * m)
                     bar.set_postfix(bound=f"{mean_bound:.2f}", refresh=False)
