@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -398,8 +399,9 @@ def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
         )
         written.append(fig_dir / "reconstructions.png")
     if model.config.latent_dim == 2:
-        manifold(run.path, 20, fig_dir / "manifold.png", model=model)
-        written.append(fig_dir / "manifold.png")
+        with contextlib.suppress(ConfigError):  # a prior without an inverse CDF has no grid
+            manifold(run.path, 20, fig_dir / "manifold.png", model=model)
+            written.append(fig_dir / "manifold.png")
     return written
 
 
