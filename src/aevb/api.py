@@ -183,6 +183,9 @@ def train(
     bound with K = ``samples``, logged as ``*_iwae_bound`` beside the ELBO); by default B where
     KL(posterior || prior) is analytic, else A, and the run says which. ``architecture`` "conv"
     uses the convolutional encoder and decoder of :mod:`aevb.conv` (image data only).
+    Started by torchrun as several processes (docs/DISTRIBUTED.md), each trains on its part of
+    every minibatch: ``batch_size`` is per process, the global minibatch is ``batch_size`` times
+    the number of processes (what config.json records), and rank 0 alone writes the run.
     """
     dev = resolve_device(device)
     dev = distributed.setup_from_env(dev)  # under torchrun: join the ranks' process group
