@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--samples", type=_positive_int, default=1, help="L (K for iwae), samples per datapoint"
     )
-    t.add_argument("--batch-size", type=_positive_int, default=100, help="M (default 100)")
+    t.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=100,
+        help="M (default 100); per process under torchrun (docs/DISTRIBUTED.md)",
+    )
     t.add_argument("--optimizer", choices=["adagrad", "adam"], default="adagrad")
     t.add_argument(
         "--lr", type=_lr, default="auto", help="step size, or auto: trial of {0.01,0.02,0.1}"
