@@ -67,6 +67,30 @@ def elbo(
     raise ValueError(f"unknown estimator {estimator!r}; choose from {ESTIMATORS}")
 
 
+def elbo_terms(
+    encoder: Encoder,
+    decoder: Decoder,
+    prior: LatentDistribution,
+    x: Tensor,
+    estimator: str = "B",
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The bound's two terms per datapoint, (reconstruction, KL), with elbo = rec - KL.
+
+    The same noise as :func:`elbo`. Estimator B: E[log p(x|z)] and the analytic KL; A: both by the
+    L samples, KL ~ (1/L) sum_l [log q(z_l|x) - log p(z_l)]. KL warm-up weights the second term.
+    """
+    q = encoder.posterior(x)
+    z = q.rsample(samples, generator)
+    rec = decoder.log_prob(x, z).mean(0)
+    if estimator == "B":
+        return rec, kl_divergence(q, prior)
+    if estimator == "A":
+        return rec, (q.log_prob(z) - prior.log_prob(z)).mean(0)
+    raise ValueError(f"unknown estimator {estimator!r}; choose from {ESTIMATORS}")
+
+
 def iwae_bound(
     encoder: Encoder,
     decoder: Decoder,

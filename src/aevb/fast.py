@@ -276,8 +276,14 @@ class FastStep:
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
-    def gradients(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Fill :attr:`grad` with d(-mean bound)/d(theta); return the mean bound (0-d tensor)."""
+    def gradients(
+        self, x: Tensor, generator: torch.Generator | None, kl_weight: float = 1.0
+    ) -> Tensor:
+        """Fill :attr:`grad` with d(-mean bound)/d(theta); return the mean bound (0-d tensor).
+
+        ``kl_weight`` = beta scales the KL term's gradient (estimator B: KL(q || p); A: its sample
+        log q(z|x) - log p(z)); the bound returned is the beta = 1 bound whatever beta is.
+        """
         self._check()
         if x.dtype != self.dtype or x.device != self.device:
             x = x.to(device=self.device, dtype=self.dtype)
@@ -317,11 +323,12 @@ class FastStep:
 
         # ---- the latent layer: reparameterisation and the KL / log-density terms
         inv_m = 1.0 / m
+        kw = kl_weight * inv_m  # = inv_m exactly when beta = 1
         gmu, glv, tj = b.gmu, b.glv, b.tj
         if self.estimator == "A":
             # log p(z) - log q(z|x) = -1/2 (z^2 - logvar - eps^2), summed (before z is reused)
             extra = (L * lv.sum() + eps.square().sum() - z.square().sum()) * 0.5
-            gz.add_(z, alpha=s)  # d(-log p(z))/dz; log q(z|x) only depends on log-variance
+            gz.add_(z, alpha=s * kl_weight)  # d(-log p(z))/dz; log q(z|x) only depends on logvar
         if L == 1:
             gz1 = gz.view(m, J)
             torch.mul(gz1, eps[0], out=glv)
@@ -332,14 +339,14 @@ class FastStep:
             torch.sum(gz.view(L, m, J), 0, out=gmu)
         glv.mul_(std).mul_(0.5)  # dz/dlogvar = eps * std / 2
         if self.estimator == "B":
-            gmu.add_(mu, alpha=inv_m)  # d KL / d mu = mu
+            gmu.add_(mu, alpha=kw)  # d KL / d mu = mu
             torch.mul(std, std, out=tj)
-            glv.add_(tj, alpha=0.5 * inv_m).sub_(0.5 * inv_m)  # d KL / d logvar = (s^2 - 1) / 2
+            glv.add_(tj, alpha=0.5 * kw).sub_(0.5 * kw)  # d KL / d logvar = (s^2 - 1) / 2
             # sum of KL over the minibatch: -1/2 sum(1 + logvar - mu^2 - s^2)
             kl = (tj.sum() + mu.square().sum() - lv.sum() - float(m * J)) * 0.5
             bound = (logp * (1.0 / L) - kl) * inv_m
         else:
-            glv.sub_(0.5 * inv_m)  # d(log q)/d logvar = -1/2 per sample
+            glv.sub_(0.5 * kw)  # d(log q)/d logvar = -1/2 per sample
             bound = (logp + extra) * s
 
         # ---- backward through the encoder
@@ -394,9 +401,9 @@ class FastStep:
         torch.ops.aten.sigmoid_backward.grad_input(q, mean, grad_input=go[:, :D])
         return logp
 
-    def step(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def step(self, x: Tensor, generator: torch.Generator | None, kl_weight: float = 1.0) -> Tensor:
         """One AEVB update on minibatch x; return the minibatch mean bound (0-d, no sync)."""
-        bound = self.gradients(x, generator)
+        bound = self.gradients(x, generator, kl_weight)
         if self.grad_hook is not None:
             self.grad_hook(self.grad)
         self.update()

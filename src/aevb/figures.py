@@ -93,8 +93,8 @@ def plot_curves(
 ) -> None:
     """Bound (or ``metric="log_likelihood"``) per datapoint against training samples evaluated.
 
-    Log x-axis, train solid and test dashed. A run without the metric (Monte Carlo EM has no
-    bound) is drawn with its marginal-likelihood estimates.
+    Log x-axis, train solid, test dashed, validation dotted. A run without the metric (Monte Carlo
+    EM has no bound) is drawn with its marginal-likelihood estimates.
     """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -105,7 +105,7 @@ def plot_curves(
         s = [r["samples_seen"] for r in recs]
         color = colors[i % len(colors)]
         key = metric if f"train_{metric}" in recs[0] else "log_likelihood"
-        for split, style in (("train", "-"), ("test", "--")):
+        for split, style in (("train", "-"), ("test", "--"), ("valid", ":")):
             if f"{split}_{key}" in recs[0]:
                 ys = [r[f"{split}_{key}"] for r in recs]
                 ax.plot(s, ys, style, color=color, label=f"{label} {split}")

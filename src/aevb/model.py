@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .distributions import POSTERIORS, PRIORS, has_analytic_kl
 from .errors import ConfigError
-from .estimators import ESTIMATORS, elbo, iwae_bound
+from .estimators import ESTIMATORS, elbo, elbo_terms, iwae_bound
 from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
 
 ARCHITECTURES = ("mlp", "conv")
@@ -203,6 +203,33 @@ class VAE(nn.Module):
             samples,
             generator,
         )
+
+    def elbo_terms(
+        self, x, estimator: str = "B", samples: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-datapoint (reconstruction, KL) of the bound, elbo = rec - KL (same noise as elbo)."""
+        if estimator not in ESTIMATORS or not self.config.supports_estimator(estimator):
+            raise ConfigError(f"estimator {estimator!r} has no (reconstruction, KL) split here")
+        x = self._as_tensor(x)
+        return elbo_terms(self.encoder, self.decoder, self.prior, x, estimator, samples, generator)
+
+    @torch.no_grad()
+    def init_decoder_bias(self, data_mean) -> None:
+        """Set the decoder's mean bias to logit(data mean) (Burda et al.; --decoder-bias-init).
+
+        With the weights near zero the decoder then starts at the data's mean image. For a
+        likelihood with an unconstrained mean (gaussian-linear) the bias is the mean itself.
+        """
+        m = self._as_tensor(data_mean).reshape(-1)
+        if m.numel() != self.config.x_dim:
+            raise ConfigError(f"the data mean has {m.numel()} values, x_dim {self.config.x_dim}")
+        if getattr(self.decoder.likelihood, "sigmoid_mean", True):
+            m = torch.logit(m.clamp(1e-3, 1 - 1e-3))
+        head = getattr(self.decoder.net, "head", None)
+        bias = getattr(head, "bias", None)
+        if bias is None or bias.numel() < m.numel() or bias.dim() != 1:
+            raise ConfigError("--decoder-bias-init needs the MLP decoder (--architecture mlp)")
+        bias[: m.numel()].copy_(m)
 
     def iwae_bound(self, x, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
         """Per-datapoint importance-weighted bound with K = ``samples`` (Burda et al. 2015)."""

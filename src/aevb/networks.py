@@ -85,7 +85,22 @@ class Gaussian(Likelihood):
         return params[0]
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+class GaussianLinear(Gaussian):
+    """Diagonal Gaussian with an unconstrained (linear) mean, for real (standardised) data."""
+
+    name = "gaussian-linear"
+    sigmoid_mean = False
+
+    @staticmethod
+    def constrain(raw_mean: Tensor, logvar: Tensor) -> tuple[Tensor, ...]:
+        return raw_mean, logvar
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "gaussian": Gaussian,
+    "gaussian-linear": GaussianLinear,
+}
 
 
 class MLPHeads(nn.Module):

@@ -38,17 +38,21 @@ def load_dataset(
     splits: Sequence[str] | None = None,
     validation: bool = False,
     progress: bool = True,
+    columns: list[str | int] | None = None,
 ) -> Dataset:
     """Load a registered dataset by name, or a user .npy/.npz/.csv file by path.
 
     ``splits`` names the splits the caller needs (default: all); a named dataset downloads the
     files of those splits if missing and uses its other splits only if present. ``validation``
-    holds out MNIST's last 10 000 training images as the split "valid".
+    holds out MNIST's last 10 000 training images as the split "valid" (10 % of the training rows
+    of a user file). ``columns`` selects columns of a user file (CSV header names or indices).
     """
-    if validation and spec not in VALIDATION_DATASETS:
+    if spec in DATASETS and columns:
+        raise ConfigError(f"--columns selects columns of a user file, not of {spec!r}")
+    if validation and spec in DATASETS and spec not in VALIDATION_DATASETS:
         raise ConfigError(
-            f"--validation is defined for {list(VALIDATION_DATASETS)}, not {spec!r}; "
-            "hold out data yourself with an .npz of train and test arrays"
+            f"--validation is defined for {list(VALIDATION_DATASETS)} and user files, not "
+            f"{spec!r}; hold out data yourself with an .npz of train, valid and test arrays"
         )
     if spec in DATASETS:
         ds = DATASETS[spec](
@@ -59,7 +63,7 @@ def load_dataset(
         return ds
     p = Path(spec)
     if p.suffix.lower() in USER_SUFFIXES or p.exists():
-        return load_array_file(p, image_shape)
+        return load_array_file(p, image_shape, columns=columns, validation=validation)
     raise DataError(
         f"unknown dataset {spec!r}; use one of {sorted(DATASETS)} or a path to a "
         f"{'/'.join(USER_SUFFIXES)} file"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import zipfile
 from pathlib import Path
 
@@ -38,17 +39,20 @@ def _as_rows(a: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | 
     return x, shape
 
 
-def _read_csv(path: Path) -> np.ndarray:
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """The numeric rows of a CSV file and its header's column names (None without a header)."""
     text = path.read_text().splitlines()
     rows = [ln for ln in text if ln.strip()]
     if not rows:
         raise DataError(f"{path}: the file is empty")
     first = rows[0].split(",")
+    names = None
     try:
         [float(v) for v in first]
         start = 0
     except ValueError:
         start = 1  # a header line
+        names = [v.strip().strip('"') for v in first]
     out = []
     width = None
     for i, ln in enumerate(rows[start:], start=start + 1):
@@ -63,7 +67,9 @@ def _read_csv(path: Path) -> np.ndarray:
             raise DataError(f"{path}: line {i} is not numeric ({e})") from None
     if not out:
         raise DataError(f"{path}: no data rows")
-    return np.asarray(out, dtype=np.float64)
+    if names is not None and len(names) != width:
+        raise DataError(f"{path}: the header has {len(names)} names but the rows {width} fields")
+    return np.asarray(out, dtype=np.float64), names
 
 
 def _load_file(path: Path) -> dict[str, np.ndarray]:
@@ -76,7 +82,7 @@ def _load_file(path: Path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         if suffix == ".csv":
-            return {"data": _read_csv(path)}
+            return {"data": _read_csv(path)[0]}
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
@@ -84,17 +90,76 @@ def _load_file(path: Path) -> dict[str, np.ndarray]:
     raise DataError(f"{path}: unknown file type {suffix!r}; use one of {list(USER_SUFFIXES)}")
 
 
-def load_array_file(path: str | Path, image_shape: tuple[int, int] | None = None) -> Dataset:
-    """Load a user file: an .npz may hold ``train`` and ``test``; one array alone is split.
+def select_columns(
+    x: np.ndarray, names: list[str] | None, columns: list[str | int], source: str
+) -> tuple[np.ndarray, list[str]]:
+    """Keep ``columns`` (header names, or 0-based indices) of x; return them with their names."""
+    idx = []
+    for c in columns:
+        if names is not None and str(c) in names:
+            idx.append(names.index(str(c)))
+            continue
+        try:
+            i = int(c)
+        except (TypeError, ValueError):
+            if names is None:
+                raise DataError(
+                    f"{source}: has no header line, so column {c!r} must be a 0-based index"
+                ) from None
+            near = difflib.get_close_matches(str(c), names, n=1, cutoff=0.0)
+            raise DataError(
+                f"{source}: no column {c!r}; did you mean {near[0]!r}? (columns: {names})"
+            ) from None
+        if not 0 <= i < x.shape[1]:
+            raise DataError(f"{source}: column index {i} out of range 0..{x.shape[1] - 1}")
+        idx.append(i)
+    if len(set(idx)) != len(idx):
+        raise DataError(f"{source}: columns {list(columns)} name a column twice")
+    picked = [names[i] if names is not None else str(i) for i in idx]
+    return np.ascontiguousarray(x[:, idx]), picked
+
+
+def load_array_file(
+    path: str | Path,
+    image_shape: tuple[int, int] | None = None,
+    *,
+    columns: list[str | int] | None = None,
+    validation: bool = False,
+) -> Dataset:
+    """Load a user file: an .npz may hold ``train``, ``test`` (and ``valid``); one array is split.
 
     Rows are datapoints. Values are checked for finiteness here and against the likelihood later.
+    ``columns`` keeps those columns (CSV header names or 0-based indices), in that order.
+    ``validation`` holds out 10 % of the training rows (a fixed permutation, seed 1) as the split
+    "valid", unless an .npz brings its own ``valid`` array.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; give a .npy, .npz or .csv file or --data digits")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; give a .npy, .npz or .csv file")
-    arrays = _load_file(path)
+    names = None
+    if path.suffix.lower() == ".csv":
+        try:
+            data, names = _read_csv(path)
+        except (ValueError, OSError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: cannot read as .csv ({e}); is the file complete?") from None
+        arrays = {"data": data}
+    else:
+        arrays = _load_file(path)
+    picked = None
+    if columns:
+        for k, a in arrays.items():
+            if a.ndim != 2:
+                raise DataError(f"{path}[{k}]: column selection needs 2-D arrays, got {a.shape}")
+            arrays[k], picked = select_columns(a, names, list(columns), f"{path}")
+    elif names is not None:
+        picked = names
+    valid = None
+    if "valid" in arrays:
+        valid, _ = _as_rows(arrays.pop("valid"), f"{path}[valid]")
     if "train" in arrays:
         train, shape = _as_rows(arrays["train"], f"{path}[train]")
         test = None
@@ -113,6 +178,14 @@ def load_array_file(path: str | Path, image_shape: tuple[int, int] | None = None
         raise DataError(
             f"{path}: holds arrays {sorted(arrays)}; name them 'train' (and optionally 'test')"
         )
+    if validation and valid is None:
+        idx = np.random.default_rng(1).permutation(len(train))
+        n_valid = max(1, int(round(HELD_OUT_FRACTION * len(train))))
+        if len(train) - n_valid < 1:
+            raise DataError(f"{path}: too few training rows ({len(train)}) to hold out valid")
+        valid, train = train[idx[-n_valid:]], train[np.sort(idx[:-n_valid])]
+    if valid is not None and valid.shape[1] != train.shape[1]:
+        raise DataError(f"{path}: valid has {valid.shape[1]} columns, train {train.shape[1]}")
     shape = image_shape or shape
     if shape is not None and shape[0] * shape[1] != train.shape[1]:
         raise DataError(
@@ -125,4 +198,6 @@ def load_array_file(path: str | Path, image_shape: tuple[int, int] | None = None
         image_shape=shape,
         default_likelihood="bernoulli",
         description=f"user data from {path}",
+        extra_splits={"valid": valid} if valid is not None else {},
+        column_names=picked,
     )

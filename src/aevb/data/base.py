@@ -37,6 +37,8 @@ class Dataset:
     """Splits whose files are absent, each with the one-line message saying how to get them."""
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     """Class labels per split where the dataset has them (not used for training)."""
+    column_names: list[str] | None = None
+    """Names of the columns (a CSV header, or the 0-based indices selected) of tabular data."""
 
     @property
     def x_dim(self) -> int:
@@ -76,7 +78,8 @@ def check_support(x: np.ndarray, likelihood: str, binarize: str, source: str) ->
         if lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"{source}: values span [{lo:g}, {hi:g}] but a Bernoulli likelihood needs [0, 1]; "
-                "rescale the data (for example divide by 255) or use --likelihood gaussian"
+                "rescale the data (for example divide by 255), or use --standardize for "
+                "real-valued columns"
             )
         if binarize == "none" and not np.isin(x, (0.0, 1.0)).all():
             v = x[(x != 0.0) & (x != 1.0)][0]
@@ -87,7 +90,8 @@ def check_support(x: np.ndarray, likelihood: str, binarize: str, source: str) ->
     elif likelihood == "gaussian" and (lo < 0.0 or hi > 1.0):
         raise DataError(
             f"{source}: values span [{lo:g}, {hi:g}] but the Gaussian decoder's mean is "
-            "sigmoid-constrained to (0, 1); rescale the data to [0, 1]"
+            "sigmoid-constrained to (0, 1); rescale the data to [0, 1], or use --standardize "
+            "(real-valued columns, --likelihood gaussian-linear)"
         )
     if binarize not in BINARIZE_MODES:
         raise DataError(f"unknown binarization {binarize!r}; choose one of {list(BINARIZE_MODES)}")
