@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from aevb import api, distributed
+from aevb.errors import ConfigError
 
 PER_RANK = 25  # two ranks of 25: a global minibatch of 50
 SMALL = dict(  # a small model on the embedded digits data, a fixed step size (no lr trials)
@@ -176,10 +177,34 @@ def test_lost_rank_ends_the_job(tmp_path, fail):
     finally:
         _stop(procs)
     assert procs[0].returncode == 1, err[-2000:]
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("aevb: error: rank 0 of 2:") and "--resume" in line, err[-2000:]
+    lines = [x for x in err.splitlines() if x.startswith("aevb: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]  # one clear line
+    assert lines[0].startswith("aevb: error: rank 0 of 2:") and "--resume" in lines[0], err[-3000:]
     if fail == "kill":
         assert procs[1].returncode == -signal.SIGKILL
     # the run's last checkpoint (from an evaluation before the failure) is intact
     tensors = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_one_process_and_environment_checks(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", distributed.TIMEOUT_ENV):
+        monkeypatch.delenv(key, raising=False)
+    assert not distributed.launched() and distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.shard_bounds(7) == (0, 7)
+    t = torch.arange(5.0)
+    assert distributed.gather_cat(t) is t  # nothing to gather in one process
+    assert distributed.timeout_seconds() == distributed.DEFAULT_TIMEOUT
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "2.5")
+    assert distributed.timeout_seconds() == 2.5
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert distributed.launched()
+    for bad in ("0", "-1", "soon"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
+            distributed.setup_from_env(torch.device("cpu"))
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "3")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR is not set"):
+        distributed.setup_from_env(torch.device("cpu"))

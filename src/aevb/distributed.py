@@ -118,6 +118,7 @@ def setup_from_env(device: torch.device) -> torch.device:
     """
     if not launched():
         return device
+    timeout = timedelta(seconds=timeout_seconds())
     if device.type == "cuda" and device.index is None:
         lr = local_rank()
         if lr >= torch.cuda.device_count():
@@ -133,12 +134,19 @@ def setup_from_env(device: torch.device) -> torch.device:
     for key in ("MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
             raise ConfigError(f"{key} is not set; start several processes with torchrun")
-    timeout = timedelta(seconds=timeout_seconds())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+    except RuntimeError as e:  # DistStoreError, DistNetworkError: the ranks never met
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise RankLostError(
+            f"rank {os.environ['RANK']} could not join the others at {os.environ['MASTER_ADDR']}:"
+            f"{os.environ['MASTER_PORT']} within {timeout_seconds():g} s ({TIMEOUT_ENV}); check "
+            f"that every rank was started [{(lines[-1] if lines else type(e).__name__)[:300]}]"
+        ) from e
     atexit.register(teardown)
     return device
 
