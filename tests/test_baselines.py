@@ -48,7 +48,7 @@ def test_sleep_draws_come_from_the_generative_model(likelihood):
 def test_wake_sleep_gradients_are_the_wake_and_sleep_objectives():
     m = _model()
     ref = copy.deepcopy(m)
-    cfg = TrainConfig(lr=0.1, weight_prior=False)
+    cfg = TrainConfig(lr=0.1, weight_prior=False, engine="autograd")  # fills p.grad
     alg = WakeSleep(m, cfg, n_train=100, lr=0.1)
     x = (torch.rand(8, 64, generator=torch.Generator().manual_seed(2)) < 0.3).float()
     g = torch.Generator().manual_seed(3)

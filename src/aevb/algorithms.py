@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from .errors import ConfigError
 from .estimators import elbo
+from .fast import FastWakeSleepStep, unsupported_optimizer, unsupported_reason
 from .model import VAE
 from .networks import Decoder
 from .training import ALGORITHMS, Algorithm, TrainConfig
@@ -38,11 +39,37 @@ class WakeSleep(Algorithm):
     drawn from the generative model (as many as the minibatch) and the recognition parameters ascend
     log q(z|x). The two gradients touch disjoint parameters, so one optimizer step applies both. The
     reported bound is AEVB's, computed with the recognition model, so curves compare as in Figure 2.
+    Like AEVB, the step runs on the fast engine (:class:`aevb.fast.FastWakeSleepStep`, the same
+    draws and gradients) where it covers the model; ``engine`` says which, ``engine_note`` why not.
     """
 
     name = "wake-sleep"
 
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
+        super().__init__(model, config, n_train, lr)
+        self.fast: FastWakeSleepStep | None = None
+        self.engine_note: str | None = None
+        choice = getattr(config, "engine", "auto")
+        if choice != "autograd":
+            reason = unsupported_reason(model, "A") or unsupported_optimizer(self.optimizer)
+            if reason is None and getattr(config, "precision", "float32") == "bf16":
+                reason = "bf16 autocast runs on the autograd step"
+            if reason is None:
+                self.fast = FastWakeSleepStep(model, self.optimizer)
+            elif choice == "fast":
+                raise ConfigError(f"engine 'fast' cannot train this model: {reason}; use auto")
+            else:
+                self.engine_note = f"autograd step ({reason})"
+        self.engine = "fast" if self.fast is not None else "autograd"
+
+    def finite_probe(self) -> Tensor:
+        if self.fast is not None:
+            return self.fast.flat.sum()  # every parameter is a view into this one buffer
+        return super().finite_probe()
+
     def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.fast is not None:
+            return self.fast.step(x, generator)
         m = self.model
         q = m.encoder.posterior(x)
         with torch.no_grad():

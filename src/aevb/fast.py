@@ -461,3 +461,114 @@ def _own_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_meta
             and v.untyped_storage().nbytes() != v.numel() * v.element_size()
         ):
             state_dict[k] = v.detach().clone()
+
+
+class FastWakeSleepStep(FastStep):
+    """One wake-sleep step (:class:`aevb.algorithms.WakeSleep`) on the fast engine's machinery.
+
+    Wake: z = mu + sigma eps from the encoder (no gradient to phi), and the decoder's gradient of
+    -mean log p(x, z). Sleep: z_d ~ N(0, I), x_d ~ p(x|z_d) from the decoder (no gradient), and the
+    encoder's gradient of -mean log q(z_d|x_d). The generator is drawn in the autograd step's order
+    and shapes (eps, z_d, then the Bernoulli draws or the Gaussian noise); the decoder runs once on
+    the wake and dream latents stacked; one fused optimizer update. The step returns estimator A
+    of the minibatch bound from the wake pass, as the autograd step does.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(model, optimizer, "A", 1)
+
+    def _bufs(self, m: int) -> SimpleNamespace:
+        b = self._buffers.get(m)
+        if b is None:
+            b = super()._bufs(m)  # the wake pass's buffers (L = 1); the sleep reuses them
+            kw = {"dtype": self.dtype, "device": self.device}
+            J, D, H = self.J, self.D, self.H
+            rank, world = self.shard
+            lo, hi = rank * m, (rank + 1) * m
+            nd = 2 * D if self.gaussian else D
+            b.zz = torch.empty(2 * m, J, **kw)  # [wake z; dream z_d] through the decoder at once
+            b.hh = torch.empty(2 * m, H, **kw)
+            b.oo = torch.empty(2 * m, nd, **kw)
+            b.z, b.z2, b.h2, b.o = b.zz[:m].view(1, m, J), b.zz[:m], b.hh[:m], b.oo[:m]
+            # the dreams of the whole global minibatch are drawn (data parallel: this rank's used)
+            b.zd_all = b.zz[m:] if world == 1 else torch.empty(world * m, J, **kw)
+            b.zd = b.zd_all[lo:hi]
+            b.pd_all = torch.zeros(world * m, D, **kw)  # Bernoulli: p(x|z_d); Gaussian: noise
+            b.pd = b.pd_all[lo:hi]
+            b.xd_all = torch.empty(world * m, D, **kw) if not self.gaussian else None
+            b.xd = b.xd_all[lo:hi] if b.xd_all is not None else torch.empty(m, D, **kw)
+        return b
+
+    @torch.no_grad()
+    def gradients(
+        self, x: Tensor, generator: torch.Generator | None, kl_weight: float = 1.0
+    ) -> Tensor:
+        """Fill :attr:`grad` (decoder: wake, encoder: sleep); return the estimator-A bound."""
+        if kl_weight != 1.0:
+            raise ValueError("wake-sleep has no KL weight")
+        self._check()
+        if x.dtype != self.dtype or x.device != self.device:
+            x = x.to(device=self.device, dtype=self.dtype)
+        x = x.contiguous()
+        m, D = x.shape[0], self.D
+        s = 1.0 / m
+        b = self._bufs(m)
+        W1, b1, We, be, Wd1, bd1, Wd2, bd2 = self._w
+        gW1, gb1, gWe, gbe, gWd1, gbd1, gWd2, gbd2 = self._g
+        mu, lv, std = b.mu, b.lv, b.std
+
+        # ---- wake: z ~ q(z|x) as q.rsample(1, generator), held fixed
+        self._hidden(b1, x, W1, b.h1)
+        torch.addmm(be, b.h1, We.t(), out=b.e)
+        torch.mul(lv, 0.5, out=std).exp_()
+        b.eps_all.normal_(generator=generator)
+        eps = b.eps
+        torch.addcmul(mu, std, eps, out=b.z)
+        z = b.z2
+        # log p(z) - log q(z|x) = -1/2 (z^2 - logvar - eps^2), summed: the bound's latent part
+        extra = (lv.sum() + eps.square().sum() - z.square().sum()) * 0.5
+
+        # ---- the dreams' latents z_d ~ N(0, I) (sample_x's prior.rsample); decoder on [z; z_d]
+        b.zd_all.normal_(generator=generator)
+        if b.zd.data_ptr() != b.zz[m:].data_ptr():
+            b.zz[m:].copy_(b.zd)
+        self._hidden(bd1, b.zz, Wd1, b.hh)
+        torch.addmm(bd2, b.hh, Wd2.t(), out=b.oo)
+        logp = self._gaussian(x, b, m) if self.gaussian else self._bernoulli(x, b, m)
+
+        # ---- x_d ~ p(x|z_d), drawn as sample_x draws it
+        od = b.oo[m:]
+        if self.gaussian:
+            torch.sigmoid(od[:, :D], out=b.xd)
+            b.pd_all.normal_(generator=generator)
+            std_x = torch.mul(od[:, D:], 0.5, out=b.t1).exp_()
+            b.xd.add_(std_x.mul_(b.pd))
+        else:
+            torch.sigmoid(od, out=b.pd)
+            b.xd_all.bernoulli_(b.pd_all, generator=generator)
+
+        # ---- wake backward: -mean log p(x|z) w.r.t. the decoder (log p(z) has no theta)
+        go, h2 = b.go, b.h2
+        gWd2.addmm_(go.t(), h2, beta=0, alpha=s)
+        torch.sum(go, 0, out=gbd2).mul_(s)
+        gh2 = b.gh2.addmm_(go, Wd2, beta=0, alpha=s)
+        self._act_backward(gh2, h2)
+        gWd1.addmm_(gh2.t(), z, beta=0)
+        torch.sum(gh2, 0, out=gbd1)
+
+        # ---- sleep: -mean log q(z_d|x_d) w.r.t. the encoder
+        xd = b.xd
+        h1 = self._hidden(b1, xd, W1, b.h1)
+        torch.addmm(be, h1, We.t(), out=b.e)
+        r = torch.sub(mu, b.zd, out=b.tj)  # mu - z_d
+        inv_var = torch.neg(lv, out=std).exp_()
+        gmu = torch.mul(r, inv_var, out=b.gmu)  # d/dmu = (mu - z_d) exp(-logvar)
+        torch.addcmul(self._half, gmu, r, value=-0.5, out=b.glv)  # (1 - (z_d-mu)^2 e^-lv) / 2
+        ge = b.ge.mul_(s)
+        gWe.addmm_(ge.t(), h1, beta=0)
+        torch.sum(ge, 0, out=gbe)
+        gh1 = torch.mm(ge, We, out=b.gh1)
+        self._act_backward(gh1, h1)
+        gW1.addmm_(gh1.t(), xd, beta=0)
+        torch.sum(gh1, 0, out=gb1)
+        return (logp + extra) * s
