@@ -303,12 +303,13 @@ def test_cli_evaluate_marginal_json(run_dir, capsys):
             "200",
             "--points",
             "25",
+            "--spread",
             "--json",
         ]
     )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["points"] == 25 and set(res["marginal"]) == {"is"}
+    assert res["points"] == 25 and res["points_spread"] and set(res["marginal"]) == {"is"}
     assert res["marginal"]["is"]["importance_samples"] == 200
     rc = cli.main(["evaluate", str(run_dir), "--marginal", "is", "--importance-samples", "50"])
     assert rc == 0
@@ -332,6 +333,16 @@ def test_cli_rejects_bad_marginal_options(run_dir, capsys, argv, message):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("aevb: error:") and message in err and err.count("\n") == 1
+
+
+def test_spread_points(run_dir):
+    """--spread takes N points evenly spaced through the split; N = all is the whole split."""
+    n = len(load_dataset("digits").test)
+    full = aevb.evaluate(run_dir, points=n)
+    spread = aevb.evaluate(run_dir, points=n, spread=True)
+    assert spread["bound"] == full["bound"] and spread["points_spread"]
+    first = aevb.evaluate(run_dir, points=3)
+    assert aevb.evaluate(run_dir, points=3, spread=True)["bound"] != first["bound"]
 
 
 def test_points_larger_than_the_split_is_an_error(run_dir):

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--points", type=_positive_int, help="use the first N points of the split")
     e.add_argument(
+        "--spread", action="store_true", help="--points N evenly spaced through the split"
+    )
+    e.add_argument(
         "--chunk-size", type=_positive_int, default=4096, help="(z, x) pairs decoded at once"
     )
     e.add_argument(
@@ -308,6 +311,7 @@ def _run(args: argparse.Namespace) -> int:
             marginal=args.marginal,
             importance_samples=args.importance_samples,
             points=args.points,
+            spread=args.spread,
             chunk_size=args.chunk_size,
             hmc_samples=args.hmc_samples,
             hmc_leapfrog=args.leapfrog_steps,
