@@ -8,10 +8,15 @@ number of samples:
   algorithm's ``step``; for AEVB that is the fast engine of :mod:`aevb.fast` where it applies);
 - ``plain``: a straightforward eager loop in the style of the official PyTorch VAE example
   (nn.Module, autograd, ``torch.optim.Adagrad`` with default settings, minibatches sliced from a
-  tensor), with the same math;
-- ``ceiling``: every matrix product of one training step at these shapes, back to back into
-  preallocated outputs, plus one fused optimizer pass over all the parameters: what a step costs
-  with no elementwise work, no Python and no allocation.
+  tensor), with the same math; for ``--algorithm wake-sleep`` the same loop taking wake-sleep
+  steps (wake: -log p(x, z) with z ~ q(z|x) fixed; sleep: -log q(z_d|x_d) on dreams);
+- ``ceiling``: every matrix product of one training step at these shapes (AEVB's, or wake-sleep's
+  for ``--algorithm wake-sleep``), back to back into preallocated outputs, plus one fused
+  optimizer pass over all the parameters: what a step costs with no elementwise work, no Python
+  and no allocation;
+- ``ref-aevb`` and ``ref-ceiling`` (added when ``--algorithm`` is not aevb): aevb's AEVB and
+  AEVB's ceiling in the same run, so that the algorithm's cost per datapoint is compared with
+  AEVB's, and with the ratio of the two steps' matrix products.
 
 Each contender runs in its own worker process (all children of this one), set up once and warmed
 up; the parent then interleaves them, one chunk of samples each in turn, several times, and reports
@@ -23,6 +28,7 @@ spread (min..max) is printed with each median.
     python benchmarks/bench_train.py --data frey -M 100 --latent 20
     python benchmarks/bench_train.py --table              # docs/PERFORMANCE.md's grid
     python benchmarks/bench_train.py --million            # wall time of 10^6 training samples
+    python benchmarks/bench_train.py --algorithm wake-sleep --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ SHAPES = {
     "frey": (560, 200, "gaussian", 1_965),
 }
 CONTENDERS = ("aevb", "plain", "ceiling")
+PLAIN_ALGORITHMS = ("aevb", "wake-sleep")  # algorithms with a plain loop
 
 
 # =========================================================================== workers
@@ -165,6 +172,30 @@ class PlainWorker:
                 kld = log_q - log_p
             return (nll + kld) / x.shape[0]
 
+        def wake_sleep_loss(x):
+            """Wake: -log p(x, z), z ~ q(z|x) held fixed; sleep: -log q(z_d|x_d) on dreams."""
+            with torch.no_grad():
+                mu, logvar = self.model.encode(x)
+                z = self.model.reparameterize(mu, logvar)[0]
+            out = self.model.decode(z)
+            if gaussian:
+                mean, lv = out
+                nll = 0.5 * (lv + (x - mean) ** 2 * torch.exp(-lv) + math.log(2 * math.pi)).sum()
+            else:
+                nll = F.binary_cross_entropy(out[0], x, reduction="sum")
+            wake = nll + 0.5 * (z**2).sum()  # -log p(z) up to a constant
+            with torch.no_grad():  # dreams: z_d ~ p(z), x_d ~ p(x|z_d)
+                z_d = torch.randn_like(z)
+                out_d = self.model.decode(z_d)
+                if gaussian:
+                    noise = torch.randn_like(out_d[0])
+                    x_d = out_d[0] + torch.exp(0.5 * out_d[1]) * noise
+                else:
+                    x_d = torch.bernoulli(out_d[0])
+            mu_d, lv_d = self.model.encode(x_d)
+            sleep = 0.5 * (lv_d + (z_d - mu_d) ** 2 * torch.exp(-lv_d)).sum()
+            return (wake + sleep) / x.shape[0]
+
         torch.manual_seed(0)
         self.model = VAE().to(device)
         with torch.no_grad():
@@ -174,6 +205,10 @@ class PlainWorker:
         lr = 0.02 if spec["optimizer"] == "adagrad" else 1e-3
         self.optimizer = opt(self.model.parameters(), lr=lr, weight_decay=1.0 / n)
         self.loss_function = loss_function
+        self.wake_sleep = spec["algorithm"] == "wake-sleep"
+        if self.wake_sleep and L != 1:
+            raise SystemExit("bench_train: wake-sleep draws one z per datapoint (--samples 1)")
+        self.wake_sleep_loss = wake_sleep_loss
         self.x = _synthetic_data(torch, spec).to(device)
         self.m = spec["M"]
         self.pos = 0
@@ -191,8 +226,11 @@ class PlainWorker:
             data = self.x[self.perm[self.pos : self.pos + m]]
             self.pos += m
             self.optimizer.zero_grad()
-            out, mu, logvar, z = self.model(data)
-            loss = self.loss_function(out, data, mu, logvar, z)
+            if self.wake_sleep:
+                loss = self.wake_sleep_loss(data)
+            else:
+                out, mu, logvar, z = self.model(data)
+                loss = self.loss_function(out, data, mu, logvar, z)
             loss.backward()
             self.train_loss += loss.item()
             self.optimizer.step()
@@ -210,7 +248,9 @@ class CeilingWorker:
         def r(*s):
             return torch.randn(*s, **kw) * 0.01
 
+        ws = spec["algorithm"] == "wake-sleep"
         x, z = torch.rand(m, d, **kw), r(L * m, j)
+        zz, hh, oo = r(2 * m, j), r(2 * m, h), r(2 * m, nd)  # wake-sleep: [z; z_d] decoded at once
         W1, We, Wd1, Wd2 = r(h, d), r(2 * j, h), r(h, j), r(nd, h)
         h1, e, h2, o = r(m, h), r(m, 2 * j), r(L * m, h), r(L * m, nd)
         gh2, gz, gh1 = r(L * m, h), r(L * m, j), r(m, h)
@@ -237,6 +277,21 @@ class CeilingWorker:
                     beta2=0.999, weight_decay=1.0 / n, eps=1e-8, amsgrad=False, maximize=False,
                 )  # fmt: skip
 
+        def wake_sleep_step():
+            mm(x, W1.t(), out=h1)  # wake: encoder forward
+            mm(h1, We.t(), out=e)
+            mm(zz, Wd1.t(), out=hh)  # decoder forward on the wake and the dream latents
+            mm(hh, Wd2.t(), out=oo)
+            mm(o.t(), h2, out=gWd2)  # wake: decoder backward (no gradient to z)
+            mm(o, Wd2, out=gh2)
+            mm(gh2.t(), z, out=gWd1)
+            mm(x, W1.t(), out=h1)  # sleep: encoder forward on the dreams, and backward
+            mm(h1, We.t(), out=e)
+            mm(e.t(), h1, out=gWe)
+            mm(e, We, out=gh1)
+            mm(gh1.t(), x, out=gW1)
+            update()
+
         def one_step():
             mm(x, W1.t(), out=h1)  # encoder hidden
             mm(h1, We.t(), out=e)  # encoder heads
@@ -251,7 +306,7 @@ class CeilingWorker:
             mm(gh1.t(), x, out=gW1)
             update()
 
-        self.one_step, self.m = one_step, m
+        self.one_step, self.m = (wake_sleep_step if ws else one_step), m
         self.sync = torch.cuda.synchronize if spec["device"].startswith("cuda") else lambda: None
 
     def run(self, n_samples: int) -> None:
@@ -260,7 +315,13 @@ class CeilingWorker:
         self.sync()
 
 
-WORKERS = {"aevb": AevbWorker, "plain": PlainWorker, "ceiling": CeilingWorker}
+WORKERS = {
+    "aevb": AevbWorker,
+    "plain": PlainWorker,
+    "ceiling": CeilingWorker,
+    "ref-aevb": lambda torch, spec: AevbWorker(torch, {**spec, "algorithm": "aevb"}),
+    "ref-ceiling": lambda torch, spec: CeilingWorker(torch, {**spec, "algorithm": "aevb"}),
+}
 
 
 def worker_main(name: str, spec: dict) -> None:
@@ -383,6 +444,7 @@ def bench(spec: dict, reps: int, chunk: int, contenders=CONTENDERS) -> dict:
             "min": min(w.rates),
             "max": max(w.rates),
             "faults_per_step": statistics.median(w.faults),
+            "rates": w.rates,
             **w.info,
         }
     return out
@@ -407,13 +469,30 @@ def report(spec: dict, res: dict, reps: int, chunk: int) -> None:
         f"{'% ceiling':>9} {'faults/step':>11} {'first step':>10} {'peak RSS':>9}"
     )
     for name, r in res.items():
-        ratio = f"{r['median'] / plain:.2f}" if plain else "-"
-        pct = f"{100 * r['median'] / ceil:.0f}%" if ceil else "-"
+        own = not name.startswith("ref-")  # AEVB's rows: no ratios to another algorithm's loops
+        ratio = f"{r['median'] / plain:.2f}" if plain and own else "-"
+        pct = f"{100 * r['median'] / ceil:.0f}%" if ceil and own else "-"
         label = name + (f" [{r['engine']}]" if r.get("engine") else "")
         print(
             f"{label:<17} {r['median']:>11,.0f} {r['min']:>8,.0f}..{r['max']:<8,.0f} {ratio:>8} "
             f"{pct:>9} {r['faults_per_step']:>11.0f} {r['first_step_s']:>9.2f}s "
             f"{r['peak_rss_mb']:>7.0f}MB"
+        )
+    if "ref-aevb" in res and "aevb" in res:
+        a, ref = res["aevb"], res["ref-aevb"]
+        per_chunk = statistics.median(
+            x / y for x, y in zip(ref["rates"], a["rates"], strict=True)
+        )  # the two ran side by side in each round
+        print(
+            f"{spec['algorithm']}'s cost per datapoint = {ref['median'] / a['median']:.2f}x "
+            f"AEVB's ({a['median']:,.0f} against {ref['median']:,.0f} samples/s, medians; "
+            f"per round {per_chunk:.2f}x)"
+        )
+    if "ref-ceiling" in res and "ceiling" in res:
+        c, ref = res["ceiling"], res["ref-ceiling"]
+        print(
+            f"  its matrix products alone: {ref['median'] / c['median']:.2f}x AEVB's "
+            f"(ceilings {c['median']:,.0f} against {ref['median']:,.0f} samples/s)"
         )
 
 
@@ -525,11 +604,15 @@ def main(argv=None) -> None:
         "clock": args.clock,
     }
     contenders = tuple(c for c in args.contenders.split(",") if c)
-    if any(c not in CONTENDERS for c in contenders):
-        ap.error(f"--contenders takes a subset of {','.join(CONTENDERS)}")
-    if args.algorithm != "aevb" and "plain" in contenders:
+    if any(c not in WORKERS for c in contenders):
+        ap.error(f"--contenders takes a subset of {','.join(WORKERS)}")
+    if args.algorithm not in PLAIN_ALGORITHMS and "plain" in contenders:
         print(f"(no plain loop for {args.algorithm}: comparing with the ceiling only)")
         contenders = tuple(c for c in contenders if c != "plain")
+    if args.algorithm != "aevb" and "aevb" in contenders and "ref-aevb" not in contenders:
+        contenders += ("ref-aevb",)  # the algorithm's cost per datapoint against AEVB's
+        if "ceiling" in contenders:
+            contenders += ("ref-ceiling",)
     if args.million:
         million(spec)
     elif args.table:

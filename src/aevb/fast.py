@@ -490,13 +490,15 @@ class FastWakeSleepStep(FastStep):
             b.hh = torch.empty(2 * m, H, **kw)
             b.oo = torch.empty(2 * m, nd, **kw)
             b.z, b.z2, b.h2, b.o = b.zz[:m].view(1, m, J), b.zz[:m], b.hh[:m], b.oo[:m]
+            b.zz_d, b.od = b.zz[m:], b.oo[m:]
+            b.od_mean, b.od_lv = b.od[:, :D], b.od[:, D:]
             # the dreams of the whole global minibatch are drawn (data parallel: this rank's used)
-            b.zd_all = b.zz[m:] if world == 1 else torch.empty(world * m, J, **kw)
+            b.zd_all = b.zz_d if world == 1 else torch.empty(world * m, J, **kw)
             b.zd = b.zd_all[lo:hi]
-            b.pd_all = torch.zeros(world * m, D, **kw)  # Bernoulli: p(x|z_d); Gaussian: noise
-            b.pd = b.pd_all[lo:hi]
-            b.xd_all = torch.empty(world * m, D, **kw) if not self.gaussian else None
-            b.xd = b.xd_all[lo:hi] if b.xd_all is not None else torch.empty(m, D, **kw)
+            b.copy_zd = world > 1
+            b.ud_all = torch.empty(world * m, D, **kw)  # Bernoulli: uniforms; Gaussian: noise
+            b.ud = b.ud_all[lo:hi]
+            b.xd = torch.empty(m, D, **kw)
         return b
 
     @torch.no_grad()
@@ -510,7 +512,7 @@ class FastWakeSleepStep(FastStep):
         if x.dtype != self.dtype or x.device != self.device:
             x = x.to(device=self.device, dtype=self.dtype)
         x = x.contiguous()
-        m, D = x.shape[0], self.D
+        m = x.shape[0]
         s = 1.0 / m
         b = self._bufs(m)
         W1, b1, We, be, Wd1, bd1, Wd2, bd2 = self._w
@@ -530,22 +532,22 @@ class FastWakeSleepStep(FastStep):
 
         # ---- the dreams' latents z_d ~ N(0, I) (sample_x's prior.rsample); decoder on [z; z_d]
         b.zd_all.normal_(generator=generator)
-        if b.zd.data_ptr() != b.zz[m:].data_ptr():
-            b.zz[m:].copy_(b.zd)
+        if b.copy_zd:
+            b.zz_d.copy_(b.zd)
         self._hidden(bd1, b.zz, Wd1, b.hh)
         torch.addmm(bd2, b.hh, Wd2.t(), out=b.oo)
         logp = self._gaussian(x, b, m) if self.gaussian else self._bernoulli(x, b, m)
 
         # ---- x_d ~ p(x|z_d), drawn as sample_x draws it
-        od = b.oo[m:]
         if self.gaussian:
-            torch.sigmoid(od[:, :D], out=b.xd)
-            b.pd_all.normal_(generator=generator)
-            std_x = torch.mul(od[:, D:], 0.5, out=b.t1).exp_()
-            b.xd.add_(std_x.mul_(b.pd))
+            torch.sigmoid(b.od_mean, out=b.xd)
+            b.ud_all.normal_(generator=generator)
+            std_x = torch.mul(b.od_lv, 0.5, out=b.t1).exp_()
+            b.xd.add_(std_x.mul_(b.ud))
         else:
-            torch.sigmoid(od, out=b.pd)
-            b.xd_all.bernoulli_(b.pd_all, generator=generator)
+            torch.sigmoid(b.od, out=b.xd)
+            b.ud_all.uniform_(generator=generator)  # = torch.rand
+            torch.gt(b.xd, b.ud, out=b.xd)  # x_d = [u < y]
 
         # ---- wake backward: -mean log p(x|z) w.r.t. the decoder (log p(z) has no theta)
         go, h2 = b.go, b.h2
