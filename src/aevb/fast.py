@@ -23,7 +23,7 @@ Covered: depth-1 MLPs with tanh or relu, Gaussian posterior and N(0, I) prior, B
 decoder, estimators A and B, any L, Adagrad or Adam as built by :func:`aevb.training.make_optimizer`
 (weight decay = the N(0, I) weight prior), float32 or float64, CPU or CUDA (no host
 synchronisation: the step returns a 0-d tensor). Everything else falls back to autograd; see
-:func:`unsupported_reason`.
+:func:`unsupported_reason`. :class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
 """
 
 from __future__ import annotations
