@@ -10,7 +10,20 @@ Quick use::
 
 __version__ = "0.1.0"
 
-from .api import Run, encode, evaluate, load, manifold, reconstruct, sample, train  # noqa: E402
+from .api import (  # noqa: E402
+    Run,
+    decode,
+    encode,
+    evaluate,
+    interpolate,
+    load,
+    manifold,
+    plot,
+    reconstruct,
+    sample,
+    train,
+)
+from .config import load_config  # noqa: E402
 from .errors import AevbError, ConfigError, DataError, RunError  # noqa: E402
 from .model import VAE, ModelConfig  # noqa: E402
 
@@ -23,10 +36,14 @@ __all__ = [
     "RunError",
     "VAE",
     "__version__",
+    "decode",
     "encode",
     "evaluate",
+    "interpolate",
     "load",
+    "load_config",
     "manifold",
+    "plot",
     "reconstruct",
     "sample",
     "train",

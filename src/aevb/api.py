@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from . import __version__, distributed, figures, runs
 from .algorithms import ALGORITHMS
-from .data import BINARIZE_MODES, Dataset, check_support, load_dataset
+from .data import BINARIZE_MODES, DATASETS, Dataset, check_support, load_dataset
 from .errors import ConfigError, DataError, RunError
 from .model import VAE, ModelConfig, default_estimator
+from .selection import BEST_MODEL
 from .training import LR_CANDIDATES, TrainConfig, Trainer, _split_seed
 
 
@@ -54,14 +55,75 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _build_model(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> VAE:
+def _build_model(
+    mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, train_x: torch.Tensor | None = None
+) -> VAE:
     torch.manual_seed(tcfg.seed)  # PyTorch's own init, used with --init torch
     model = VAE(mcfg)
     if tcfg.init == "paper":
         model.init_parameters(
             tcfg.init_std, torch.Generator().manual_seed(_split_seed(tcfg.seed, 0))
         )
+    if getattr(tcfg, "decoder_bias_init", False) and train_x is not None:
+        model.init_decoder_bias(train_x.double().mean(0).cpu())  # Burda et al.'s trick
     return model.to(device)
+
+
+def _check_precision(tcfg: TrainConfig, dev: torch.device) -> None:
+    """bf16 autocast is a CUDA option: on CPU it is an error rather than a silent no-op."""
+    if tcfg.precision == "bf16" and dev.type != "cuda":
+        raise ConfigError(
+            f"--precision bf16 autocasts on CUDA GPUs only and this run is on {dev.type}; "
+            "drop --precision or use --device cuda"
+        )
+
+
+def _standard_stats(ds: Dataset) -> dict:
+    """Per-column mean and standard deviation of the training set (std 1 for constant columns)."""
+    x = ds.train.astype(np.float64)
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 0, std, 1.0)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def _standardize(ds: Dataset, stats: dict | None) -> dict | None:
+    """z-score every split of ds in place with ``stats`` (from the training set); return them."""
+    if stats is None:
+        return None
+    if len(stats["mean"]) != ds.x_dim:
+        raise DataError(
+            f"{ds.name} has {ds.x_dim} columns but the run standardised {len(stats['mean'])}"
+        )
+    mean = np.asarray(stats["mean"], dtype=np.float64)
+    std = np.asarray(stats["std"], dtype=np.float64)
+
+    def z(a: np.ndarray) -> np.ndarray:
+        return ((a - mean) / std).astype(np.float32)
+
+    ds.train = z(ds.train)
+    if ds.test is not None:
+        ds.test = z(ds.test)
+    ds.extra_splits = {k: z(v) for k, v in ds.extra_splits.items()}
+    return stats
+
+
+def _unstandardize(x: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Data-space values of model-space x (undoes --standardize; x itself otherwise)."""
+    stats = cfg["data"].get("standardize")
+    if not stats:
+        return x
+    mean = torch.tensor(stats["mean"], dtype=x.dtype, device=x.device)
+    std = torch.tensor(stats["std"], dtype=x.dtype, device=x.device)
+    return x * std + mean
+
+
+def _valid_tensor(ds: Dataset, validation: bool, likelihood: str, binarize: str, dev):
+    """The validation split as a tensor when asked for (model selection and its curves)."""
+    if not validation:
+        return None
+    v = ds.split("valid")
+    check_support(v, likelihood, binarize, f"{ds.name} (valid)")
+    return torch.from_numpy(v).to(dev)
 
 
 def _data_tensors(ds: Dataset, likelihood: str, binarize: str, device: torch.device):
@@ -111,7 +173,7 @@ def choose_lr(
     scores: dict[str, float] = {}
     for lr in LR_CANDIDATES[tcfg.optimizer]:
         trial = dataclasses.replace(tcfg, lr=lr, budget=n_trial, epochs=None)
-        model = _build_model(mcfg, trial, device)
+        model = _build_model(mcfg, trial, device, train_x)
         alg = ALGORITHMS[trial.algorithm](model, trial, len(train_x), lr)
         t = Trainer(alg, train_x, None, trial, progress=progress, evaluate_points=False)
         t.run()
@@ -161,6 +223,15 @@ def train(
     eval_per_decade: int = 4,
     eval_size: int = 10_000,
     checkpoint_seconds: float = 300.0,
+    kl_beta: float = 1.0,
+    kl_warmup: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
+    decoder_bias_init: bool = False,
+    precision: str = "float32",
+    tensorboard: bool = False,
+    columns: list[str | int] | None = None,
+    standardize: bool = False,
     progress: bool = True,
     draw_figures: bool = True,
 ) -> Run:
@@ -186,6 +257,17 @@ def train(
     Started by torchrun as several processes (docs/DISTRIBUTED.md), each trains on its part of
     every minibatch: ``batch_size`` is per process, the global minibatch is ``batch_size`` times
     the number of processes (what config.json records), and rank 0 alone writes the run.
+
+    Day-to-day options (docs/GUIDE.md): ``kl_beta`` weights the KL term of the training objective
+    and ``kl_warmup`` ramps that weight linearly from 0 over so many samples (the run is marked,
+    and the bounds it reports stay the true beta = 1 bounds); ``keep="best"`` also keeps the model
+    with the best validation bound as best_model.safetensors, ``patience`` = P stops after P
+    evaluations without a better one (both need ``validation``); ``decoder_bias_init`` starts the
+    decoder's bias at the logit of the training-set mean; ``precision="bf16"`` autocasts the step
+    to bfloat16 on CUDA (an error on CPU); ``tensorboard`` writes event files to RUNDIR/tensorboard.
+    ``columns`` keeps those columns of a CSV (header names or 0-based indices); ``standardize``
+    z-scores each column with the training set's mean and standard deviation (stored in the run
+    and undone by decode and sample), with a ``gaussian-linear`` likelihood by default.
     """
     dev = resolve_device(device)
     dev = distributed.setup_from_env(dev)  # under torchrun: join the ranks' process group
@@ -193,6 +275,12 @@ def train(
     if resume is not None:
         return _resume(Path(resume), budget, epochs, dev, progress, draw_figures)
     prior = prior or posterior
+    if standardize and likelihood is None:
+        likelihood = "gaussian-linear"
+    if (keep == "best" or patience is not None) and not validation:
+        raise ConfigError(
+            "--keep best and --patience select on the validation bound; add --validation"
+        )
     if estimator is None:
         estimator = default_estimator(posterior, prior)
         if progress:
@@ -226,8 +314,16 @@ def train(
         full_vb_eval=full_vb_eval,
         eval_marginal=eval_marginal,
         eval_marginal_points=eval_marginal_points,
+        kl_beta=kl_beta,
+        kl_warmup=kl_warmup,
+        keep=keep,
+        patience=patience,
+        decoder_bias_init=decoder_bias_init,
+        precision=precision,
+        tensorboard=tensorboard,
         **_algorithm_options(algorithm_options),
     )
+    _check_precision(tcfg, dev)
     ds = distributed.main_first(  # rank 0 first: it alone downloads missing files
         lambda: load_dataset(
             data,
@@ -235,9 +331,11 @@ def train(
             image_shape=image_shape,
             validation=validation,
             progress=progress,
+            columns=columns,
         )
     )
     _limit_train(ds, train_size)
+    stats = _standardize(ds, _standard_stats(ds) if standardize else None)
     mcfg = ModelConfig(
         x_dim=ds.x_dim,
         latent_dim=latent_dim,
@@ -257,6 +355,7 @@ def train(
             "closed form; use --estimator A (or leave it out to pick one)"
         )
     train_x, test_x = _data_tensors(ds, mcfg.likelihood, binarize, dev)
+    valid_x = _valid_tensor(ds, validation, mcfg.likelihood, binarize, dev)
     if tcfg.lr == "auto":
         tcfg.lr, tcfg.lr_search = choose_lr(mcfg, tcfg, train_x, dev, progress)
     cfg = {
@@ -273,14 +372,17 @@ def train(
             "validation": validation,
             "train_size": train_size,
             "description": ds.description,
+            "columns": list(columns) if columns else None,
+            "column_names": ds.column_names,
+            "standardize": stats,
         },
         "distributed": _processes(tcfg),
     }
-    model = _build_model(mcfg, tcfg, dev)
+    model = _build_model(mcfg, tcfg, dev, train_x)
     alg = ALGORITHMS[algorithm](model, tcfg, len(train_x), float(tcfg.lr))
     if out_dir is not None and distributed.is_main():
         runs.atomic_write_json(out_dir / runs.CONFIG, cfg)
-    trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress)
+    trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress, valid_x=valid_x)
     return _finish(trainer, out_dir, cfg, ds, draw_figures)
 
 
@@ -324,6 +426,7 @@ def _resume(
     if budget is not None or epochs is not None:
         tdict["budget"], tdict["epochs"] = budget, epochs
     tcfg = TrainConfig(**tdict)
+    _check_precision(tcfg, dev)
     if tcfg.lr == "auto":
         raise RunError(f"{run_dir / runs.CONFIG}: the step size was never chosen; start a new run")
     ds = distributed.main_first(
@@ -333,17 +436,21 @@ def _resume(
             image_shape=mcfg.image_shape,
             validation=bool(cfg["data"].get("validation", False)),
             progress=progress,
+            columns=cfg["data"].get("columns"),
         )
     )
     _limit_train(ds, cfg["data"].get("train_size"))
+    _standardize(ds, cfg["data"].get("standardize"))
     if ds.x_dim != mcfg.x_dim:
         raise DataError(
             f"{ds.name} has {ds.x_dim} columns but the run's model expects {mcfg.x_dim}"
         )
     train_x, test_x = _data_tensors(ds, mcfg.likelihood, tcfg.binarize, dev)
+    valid = bool(cfg["data"].get("validation", False))
+    valid_x = _valid_tensor(ds, valid, mcfg.likelihood, tcfg.binarize, dev)
     model = _build_model(mcfg, tcfg, dev)
     alg = ALGORITHMS[tcfg.algorithm](model, tcfg, len(train_x), float(tcfg.lr))
-    trainer = Trainer(alg, train_x, test_x, tcfg, run_dir, progress=progress)
+    trainer = Trainer(alg, train_x, test_x, tcfg, run_dir, progress=progress, valid_x=valid_x)
     tensors, meta = runs.load_tensors(run_dir / runs.STATE)
     try:
         trainer.load_state(
@@ -373,6 +480,17 @@ def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw
     return run
 
 
+def kl_mark(train_cfg: dict) -> str:
+    """A label suffix marking a run trained with a weighted KL term ('' for the plain bound)."""
+    beta, warm = train_cfg.get("kl_beta", 1.0), train_cfg.get("kl_warmup")
+    if beta == 1.0 and warm is None:
+        return ""
+    parts = [f"beta={beta:g}"] if beta != 1.0 else []
+    if warm is not None:
+        parts.append(f"KL warm-up {warm:,} samples")
+    return f" [trained with {', '.join(parts)}; bounds at beta=1]"
+
+
 def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
     """Write figures/curves.png, samples.png, reconstructions.png (and manifold.png for 2-D z)."""
     assert run.path is not None
@@ -382,7 +500,8 @@ def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
     shape = model.config.image_shape
     written = []
     label = f"{run.config['data']['spec']}, N_z={model.config.latent_dim}"
-    figures.plot_curves([(label, run.metrics)], fig_dir / "curves.png", title=f"AEVB on {label}")
+    title = f"AEVB on {label}{kl_mark(run.config['train'])}"
+    figures.plot_curves([(label, run.metrics)], fig_dir / "curves.png", title=title)
     written.append(fig_dir / "curves.png")
     g = torch.Generator(device=model.device).manual_seed(0)
     figures.save_grid(
@@ -411,30 +530,39 @@ def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
 # --------------------------------------------------------------------------- using a trained run
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> VAE:
-    """The trained model of a run directory (weights from model.safetensors; no pickle)."""
+def load(run_dir: str | Path, device: str = "cpu", which: str = "last") -> VAE:
+    """The trained model of a run directory (weights from model.safetensors; no pickle).
+
+    ``which="best"`` loads best_model.safetensors, the model with the best validation bound of a
+    run trained with ``keep="best"``.
+    """
     run_dir = Path(run_dir)
+    if which not in ("last", "best"):
+        raise ConfigError(f"unknown model {which!r}; choose last or best")
     cfg = runs.read_config(run_dir)
     try:
         mcfg = ModelConfig(**cfg["model"])
     except TypeError as e:
         raise RunError(f"{run_dir / runs.CONFIG}: bad model section ({e})") from None
     model = VAE(mcfg)
-    tensors, _ = runs.load_tensors(run_dir / runs.MODEL)
+    weights = run_dir / (runs.MODEL if which == "last" else BEST_MODEL)
+    if which == "best" and not weights.exists():
+        raise RunError(f"{weights}: missing; the run was not trained with --keep best")
+    tensors, _ = runs.load_tensors(weights)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
-        raise RunError(f"{run_dir / runs.MODEL}: does not match config.json ({first})") from None
+        raise RunError(f"{weights}: does not match config.json ({first})") from None
     model.eval()
     return model.to(resolve_device(device))
 
 
 def _run_data(
-    run_dir: Path, data: str | None, split: str, data_dir, binarize: str | None
+    run_dir: Path, data: str | None, split: str, data_dir, binarize: str | None, which="last"
 ) -> tuple[VAE, np.ndarray, str, dict]:
     cfg = runs.read_config(run_dir)
-    model = load(run_dir)
+    model = load(run_dir, which=which)
     spec = data or cfg["data"]["spec"]
     ddir = (
         data_dir
@@ -447,8 +575,9 @@ def _run_data(
         data_dir=ddir,
         image_shape=model.config.image_shape if data is None else None,
         splits=(split,),
-        validation=spec == "mnist"
+        validation=(spec == "mnist" or spec not in DATASETS)
         and (split == "valid" or (same and bool(cfg["data"].get("validation", False)))),
+        columns=cfg["data"].get("columns") if spec not in DATASETS else None,
     )
     if ds.x_dim != model.config.x_dim:
         raise DataError(
@@ -456,6 +585,7 @@ def _run_data(
             "use data of the same dimension"
         )
     mode = binarize or cfg["train"].get("binarize", "grey")
+    _standardize(ds, cfg["data"].get("standardize"))  # the run's z-scores, from its training set
     x = ds.split(split)
     check_support(x, model.config.likelihood, mode, f"{ds.name} ({split})")
     if mode in ("dynamic", "static"):
@@ -488,6 +618,7 @@ def evaluate(
     workers: int | None = None,
     device: str = "cpu",
     progress: bool = False,
+    model: str = "last",
 ) -> dict:
     """The lower bound per datapoint on a split, with its standard error over datapoints.
 
@@ -504,9 +635,11 @@ def evaluate(
     :func:`aevb.marginal.importance_sampling`. ``iwae_samples`` = K adds the importance-weighted
     bound (``result["iwae_bound"]``); for runs trained on it, the bound reported is the ELBO (B
     where the KL is analytic, else A) and K defaults to the run's.
+    ``model="best"`` evaluates best_model.safetensors of a run trained with ``keep="best"``.
     """
     run_dir = Path(run_dir)
-    model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize)
+    which = model  # "best": best_model.safetensors of a run trained with keep="best"
+    model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
     if estimator == "iwae":
         raise ConfigError("--estimator names an ELBO estimator (A or B); use --iwae-samples K")
     est = estimator or cfg["train"]["estimator"]
@@ -555,6 +688,7 @@ def evaluate(
         "run": str(run_dir),
         "data": data or cfg["data"]["spec"],
         "split": split,
+        "model": which,
         "binarize": mode,
         "estimator": est,
         "samples": samples,
@@ -674,29 +808,41 @@ def _marginal_estimate(
     return out
 
 
-def _write_image_or_array(out: Path, images: torch.Tensor, shape, ncol: int, title: str) -> Path:
+def _write_image_or_array(
+    out: Path, images: torch.Tensor, shape, ncol: int, title: str, cfg: dict | None = None
+) -> Path:
+    """A PNG grid, or the rows as .npy / .csv in data units (--standardize undone via ``cfg``)."""
     out = Path(out)
-    if out.suffix.lower() == ".npy":
+    suffix = out.suffix.lower()
+    if suffix in (".npy", ".csv"):
+        rows = (_unstandardize(images, cfg) if cfg else images).detach().cpu().numpy()
         buf = io.BytesIO()
-        np.save(buf, images.detach().cpu().numpy())
+        if suffix == ".npy":
+            np.save(buf, rows)
+        else:
+            names = (cfg or {}).get("data", {}).get("column_names")
+            header = ",".join(names) if names and len(names) == rows.shape[1] else ""
+            np.savetxt(buf, rows, delimiter=",", header=header, comments="", fmt="%.7g")
         runs.atomic_write_bytes(out, buf.getvalue())
-    elif out.suffix.lower() == ".png":
+    elif suffix == ".png":
         figures.save_grid(out, images, shape, ncol, title)
     else:
-        raise ConfigError(f"--out {out}: use a .png (picture) or .npy (array) file name")
+        raise ConfigError(f"--out {out}: use a .png (picture), .npy or .csv (array) file name")
     return out
 
 
 def sample(
     run_dir: str | Path, n: int = 100, out: str | Path = "samples.png", seed: int = 0
 ) -> Path:
-    """Decoder means for n draws from the prior, as a PNG grid or an (n, D) .npy array."""
+    """Decoder means for n draws from the prior: a PNG grid, or (n, D) .npy / .csv rows."""
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
     model = load(run_dir)
     x = model.sample(n, torch.Generator().manual_seed(seed))
     ncol = int(math.ceil(math.sqrt(n)))
-    return _write_image_or_array(Path(out), x, model.config.image_shape, ncol, f"{n} samples")
+    cfg = runs.read_config(run_dir)
+    shape = model.config.image_shape
+    return _write_image_or_array(Path(out), x, shape, ncol, f"{n} samples", cfg)
 
 
 def manifold(
@@ -738,11 +884,11 @@ def reconstruct(
     data_dir: str | Path | None = None,
 ) -> Path:
     """Data beside its reconstruction (decoder mean at the posterior mean), as a PNG grid."""
-    model, x, _, _ = _run_data(Path(run_dir), data, split, data_dir, "grey")
+    model, x, _, cfg = _run_data(Path(run_dir), data, split, data_dir, "grey")
     xt = torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32))
     pairs = torch.stack([xt, model.reconstruct(xt)], 1).reshape(-1, xt.shape[1])
     return _write_image_or_array(
-        Path(out), pairs, model.config.image_shape, 10, "data | reconstruction"
+        Path(out), pairs, model.config.image_shape, 10, "data | reconstruction", cfg
     )
 
 
@@ -772,4 +918,163 @@ def encode(
     else:
         raise ConfigError(f"--out {out}: use a .npy or .npz file name")
     runs.atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+# --------------------------------------------------------------------------- day-to-day tools
+
+
+def decode(run_dir: str | Path, latents, out: str | Path | None = None) -> np.ndarray:
+    """Decoder means E[x|z] for latent points, in data units (--standardize undone).
+
+    ``latents`` is an (N, J) array, or the path of an .npy/.npz written by :func:`encode` (its
+    posterior means are decoded). With ``out`` (.npy, .csv or .png) the result is also written.
+    """
+    model = load(run_dir)
+    cfg = runs.read_config(run_dir)
+    j = model.config.latent_dim
+    if isinstance(latents, str | Path):
+        path = Path(latents)
+        if not path.exists():
+            raise DataError(f"{path}: no such file; write latents with 'aevb encode'")
+        if path.is_dir() or path.suffix.lower() not in (".npy", ".npz"):
+            raise DataError(f"{path}: latents must be an .npy or .npz file ('aevb encode')")
+        from .data.arrays import _load_file  # headers checked before anything is allocated
+
+        arrays = _load_file(path)
+        if not arrays:
+            raise DataError(f"{path}: holds no arrays")
+        latents = next(iter(arrays.values()))  # encode's .npz: mu (then logvar)
+    z = np.asarray(latents, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] not in (j, 2 * j):
+        raise DataError(f"latents of shape {z.shape}: expected (N, {j}) or encode's (N, {2 * j})")
+    with torch.no_grad():
+        x = model.decode_mean(torch.from_numpy(np.ascontiguousarray(z[:, :j])))
+    if out is not None:
+        ncol = int(math.ceil(math.sqrt(len(x))))
+        _write_image_or_array(Path(out), x, model.config.image_shape, ncol, "decoded", cfg)
+    return _unstandardize(x, cfg).numpy()
+
+
+def _slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical linear interpolation (slerp) between z0 and z1 at fractions t."""
+    n0, n1 = z0.norm(), z1.norm()
+    cos = torch.clamp(torch.dot(z0, z1) / (n0 * n1).clamp_min(1e-12), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    if float(torch.sin(omega)) < 1e-6:  # (anti)parallel: the linear path
+        return (1 - t)[:, None] * z0 + t[:, None] * z1
+    so = torch.sin(omega)
+    a, b = torch.sin((1 - t) * omega) / so, torch.sin(t * omega) / so
+    return a[:, None] * z0 + b[:, None] * z1
+
+
+def interpolate(
+    run_dir: str | Path,
+    out: str | Path = "interpolation.png",
+    *,
+    pairs: int = 4,
+    steps: int = 10,
+    data: str | None = None,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    method: str = "both",
+    seed: int = 0,
+) -> Path:
+    """Decoded latent paths between the posterior means of ``pairs`` random pairs of points.
+
+    ``method`` is "linear", "spherical" (Gaussian prior only: the great circle, where prior mass
+    concentrates) or "both" (spherical only where the prior is Gaussian). Each path has ``steps``
+    points from one mean to the other, endpoints included. ``out`` is a PNG (one row per pair and
+    method, the two data points at its ends), an .npy of the decoded paths (pairs, methods, steps,
+    D), or an .npz with ``x`` (that array), ``z`` (the latent paths), ``index`` (the points' rows in
+    the split) and ``methods``.
+    """
+    if pairs < 1 or steps < 2:
+        raise ConfigError(f"--pairs must be >= 1 and --steps >= 2, got {pairs} and {steps}")
+    if method not in ("linear", "spherical", "both"):
+        raise ConfigError(f"unknown --method {method!r}; choose linear, spherical or both")
+    model, x, _, cfg = _run_data(Path(run_dir), data, split, data_dir, "grey")
+    gaussian = model.config.prior == "normal"
+    if method == "spherical" and not gaussian:
+        raise ConfigError(
+            f"spherical paths assume a Gaussian prior, this model's is {model.config.prior!r}; "
+            "use --method linear"
+        )
+    methods = ["linear", "spherical"] if method == "both" else [method]
+    if not gaussian:
+        methods = ["linear"]
+    if 2 * pairs > len(x):
+        raise ConfigError(f"--pairs {pairs} needs {2 * pairs} points; {split} has {len(x)}")
+    index = np.random.default_rng(seed).choice(len(x), size=2 * pairs, replace=False)
+    xs = torch.from_numpy(np.ascontiguousarray(x[index], dtype=np.float32))
+    with torch.no_grad():
+        centers = model.encoder.posterior(xs).center()
+    t = torch.linspace(0.0, 1.0, steps)
+    zs = []
+    for p in range(pairs):
+        z0, z1 = centers[2 * p], centers[2 * p + 1]
+        for m in methods:
+            if m == "linear":
+                zs.append((1 - t)[:, None] * z0 + t[:, None] * z1)
+            else:
+                zs.append(_slerp(z0, z1, t))
+    z = torch.stack(zs).reshape(pairs, len(methods), steps, -1)
+    with torch.no_grad():
+        dec = model.decode_mean(z.reshape(-1, z.shape[-1])).reshape(pairs, len(methods), steps, -1)
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        arr = _unstandardize(dec, cfg).numpy()
+        buf = io.BytesIO()
+        if suffix == ".npy":
+            np.save(buf, arr)
+        else:
+            np.savez(buf, x=arr, z=z.numpy(), index=index, methods=np.array(methods))
+        runs.atomic_write_bytes(out, buf.getvalue())
+    elif suffix == ".png":
+        rows = []
+        for p in range(pairs):
+            for k in range(len(methods)):
+                rows += [xs[2 * p], *dec[p, k], xs[2 * p + 1]]
+        title = f"data | {' / '.join(methods)} path between posterior means | data"
+        figures.save_grid(out, torch.stack(rows), model.config.image_shape, steps + 2, title)
+    else:
+        raise ConfigError(f"--out {out}: use a .png, .npy or .npz file name")
+    return out
+
+
+def plot(
+    run_dirs: list[str | Path] | str | Path,
+    out: str | Path = "curves.png",
+    *,
+    labels: list[str] | None = None,
+    metric: str = "bound",
+    title: str | None = None,
+) -> Path:
+    """Bound-vs-samples curves of several runs on one figure (Figure 2 style), from metrics.jsonl.
+
+    Train solid, test dashed, validation dotted. ``labels`` default to the run directories' names;
+    runs trained with a weighted KL term are marked from their metrics (``kl_weight``).
+    ``metric`` may be "iwae_bound" or "log_likelihood" for runs that logged them.
+    """
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ConfigError("give at least one run directory")
+    if labels is not None and len(labels) != len(dirs):
+        raise ConfigError(f"{len(labels)} labels for {len(dirs)} runs; give one label per run")
+    curves = []
+    for i, d in enumerate(dirs):
+        if not (d / runs.METRICS).is_file():
+            raise RunError(f"{d / runs.METRICS}: missing; give run directories of 'aevb train'")
+        records = runs.read_metrics(d)
+        if not any(r.get("samples_seen", 0) > 0 for r in records):
+            raise RunError(f"{d / runs.METRICS}: no evaluation after training started yet")
+        label = labels[i] if labels is not None else d.name
+        if any("kl_weight" in r for r in records):
+            label += " (KL-weighted training)"
+        curves.append((label, records))
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: use a .png file name")
+    figures.plot_curves(curves, out, title=title or "Lower bound per datapoint", metric=metric)
     return out

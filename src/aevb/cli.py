@@ -80,7 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--depth", type=int, default=1, help="hidden layers per network (default 1)")
     t.add_argument("--activation", default="tanh", help="tanh (paper), relu, softplus, elu")
-    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], help="default: dataset's")
+    t.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML or JSON file of train options (or a run's config.json); flags override it",
+    )
+    t.add_argument(
+        "--likelihood",
+        choices=["bernoulli", "gaussian", "gaussian-linear"],
+        help="default: dataset's (gaussian-linear with --standardize)",
+    )
     t.add_argument(
         "--algorithm",
         choices=["aevb", "wake-sleep", "mcem", "full-vb"],
@@ -168,6 +177,54 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-size", type=_positive_int, default=10_000, help="points per evaluation")
     t.add_argument("--checkpoint-seconds", type=float, default=300.0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = t.add_argument_group("day-to-day options (docs/GUIDE.md)")
+    d.add_argument(
+        "--kl-beta",
+        type=float,
+        default=1.0,
+        help="weight of the KL term in the training objective (default 1: the bound itself)",
+    )
+    d.add_argument(
+        "--kl-warmup",
+        type=_positive_int,
+        metavar="SAMPLES",
+        help="raise the KL weight linearly from 0 over this many training samples",
+    )
+    d.add_argument(
+        "--keep",
+        choices=["last", "best"],
+        default="last",
+        help="best: also keep the model with the best validation bound (needs --validation)",
+    )
+    d.add_argument(
+        "--patience",
+        type=_positive_int,
+        help="stop after this many evaluations without a better validation bound",
+    )
+    d.add_argument(
+        "--decoder-bias-init",
+        action="store_true",
+        help="start the decoder's bias at the logit of the training-set mean",
+    )
+    d.add_argument(
+        "--precision",
+        choices=["float32", "bf16"],
+        default="float32",
+        help="bf16: bfloat16 autocast of the training step on CUDA (an error on CPU)",
+    )
+    d.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard files to RUNDIR/tensorboard",
+    )
+    d.add_argument(
+        "--columns", help="CSV columns to use, comma-separated header names or 0-based indices"
+    )
+    d.add_argument(
+        "--standardize",
+        action="store_true",
+        help="z-score each column (training-set statistics, kept in the run); real-valued data",
+    )
 
     e = sub.add_parser("evaluate", help="lower bound on a split, with its standard error")
     e.add_argument("run_dir", metavar="RUNDIR")
@@ -208,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, help="CPU worker threads for --marginal (default: threads)"
     )
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    e.add_argument(
+        "--model",
+        choices=["last", "best"],
+        default="last",
+        help="best: the model with the best validation bound (runs trained with --keep best)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="decoder means for z drawn from the prior")
@@ -234,7 +297,66 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="test")
     c.add_argument("--binarize", choices=BINARIZE_MODES)
     c.add_argument("--out", required=True, help="Z.npy ([mu, logvar] columns) or Z.npz")
+
+    dc = sub.add_parser("decode", help="decoder means for latent points (data units)")
+    dc.add_argument("run_dir", metavar="RUNDIR")
+    dc.add_argument("--latents", required=True, help="Z.npy or Z.npz (as written by encode)")
+    dc.add_argument("--out", required=True, help="X.csv, X.npy or X.png")
+
+    pl = sub.add_parser("plot", help="bound-vs-samples curves of several runs on one figure")
+    pl.add_argument("run_dirs", metavar="RUNDIR", nargs="+")
+    pl.add_argument("--out", required=True, help="FILE.png")
+    pl.add_argument("--labels", help="comma-separated curve labels (default: directory names)")
+    pl.add_argument("--metric", choices=["bound", "iwae_bound", "log_likelihood"], default="bound")
+    pl.add_argument("--title")
+
+    ip = sub.add_parser("interpolate", help="decoded paths between pairs of posterior means")
+    ip.add_argument("run_dir", metavar="RUNDIR")
+    _data_args(ip, None)
+    ip.add_argument("--split", default="test")
+    ip.add_argument("--pairs", type=_positive_int, default=4, help="pairs of points (default 4)")
+    ip.add_argument("--steps", type=_positive_int, default=10, help="points per path (default 10)")
+    ip.add_argument(
+        "--method",
+        choices=["linear", "spherical", "both"],
+        default="both",
+        help="linear, spherical (Gaussian prior), or both (default)",
+    )
+    ip.add_argument("--seed", type=int, default=0, help="which pairs are drawn")
+    ip.add_argument("--out", required=True, help="FILE.png, FILE.npy or FILE.npz")
     return parser
+
+
+def _columns(value) -> list[str] | None:
+    """--columns a,b,c (or a list from a config file) as a list of names/indices."""
+    if value is None or isinstance(value, list):
+        return value
+    return [c.strip() for c in str(value).split(",") if c.strip()]
+
+
+def _with_config(parser: argparse.ArgumentParser, argv, first: argparse.Namespace):
+    """Re-parse ``train`` with a config file's values as defaults, so flags given override them."""
+    from .config import load_config
+
+    options = load_config(first.config)
+    if first.budget is not None or first.epochs is not None:  # the run length is on the line
+        options.pop("budget", None)
+        options.pop("epochs", None)
+    known = vars(first)
+    algo = dict(options.pop("algorithm_options", None) or {})
+    for key in [k for k in algo if k in known]:  # --mcem-* flags
+        options[key] = algo.pop(key)
+    extra = {k: options.pop(k) for k in list(options) if k not in known}
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    saved = {k: train.get_default(k) for k in options}
+    train.set_defaults(**options)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        train.set_defaults(**saved)
+    args.config_extra, args.config_algorithm_options = extra, algo
+    return args
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -258,9 +380,12 @@ def _run(args: argparse.Namespace) -> int:
             train_size=args.train_size,
             eval_marginal_points=args.eval_marginal_points,
             algorithm_options={
-                k: v
-                for k in ("mcem_leapfrog", "mcem_updates", "mcem_target_accept")
-                if (v := getattr(args, k)) is not None
+                **getattr(args, "config_algorithm_options", {}),
+                **{
+                    k: v
+                    for k in ("mcem_leapfrog", "mcem_updates", "mcem_target_accept")
+                    if (v := getattr(args, k)) is not None
+                },
             },
             posterior=args.posterior,
             prior=args.prior,
@@ -283,7 +408,17 @@ def _run(args: argparse.Namespace) -> int:
             eval_per_decade=args.eval_per_decade,
             eval_size=args.eval_size,
             checkpoint_seconds=args.checkpoint_seconds,
+            kl_beta=args.kl_beta,
+            kl_warmup=args.kl_warmup,
+            keep=args.keep,
+            patience=args.patience,
+            decoder_bias_init=args.decoder_bias_init,
+            precision=args.precision,
+            tensorboard=args.tensorboard,
+            columns=_columns(args.columns),
+            standardize=args.standardize,
             progress=not args.quiet,
+            **getattr(args, "config_extra", {}),
         )
         if not distributed.is_main():
             return 0  # under torchrun rank 0 alone reports
@@ -297,6 +432,12 @@ def _run(args: argparse.Namespace) -> int:
             f"train bound {f.get('train_bound', float('nan')):.3f}, test bound "
             f"{f.get('test_bound', float('nan')):.3f} nats{iw}; run in {run.path}"
         )
+        if tc.get("keep") == "best" and "valid_bound" in f:
+            best = max(run.metrics, key=lambda r: r.get("valid_bound", float("-inf")))
+            print(
+                f"best valid bound {best['valid_bound']:.3f} at {best['samples_seen']:,} samples "
+                f"(kept as {run.path}/best_model.safetensors)"
+            )
     elif args.command == "evaluate":
         res = api.evaluate(
             args.run_dir,
@@ -320,6 +461,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             device=args.device,
             progress=not args.quiet and args.marginal is not None,
+            model=args.model,
         )
         if args.json:
             print(json.dumps(res, sort_keys=True))
@@ -347,6 +489,28 @@ def _run(args: argparse.Namespace) -> int:
                     f"{m['gap']:.3f} ± {m['gap_se']:.3f} above the bound ({how}; "
                     f"{m['seconds']:.1f} s)"
                 )
+    elif args.command == "decode":
+        x = api.decode(args.run_dir, args.latents, args.out)
+        print(f"{args.out} ({len(x)} rows)")
+    elif args.command == "plot":
+        labels = _columns(args.labels)
+        print(
+            api.plot(args.run_dirs, args.out, labels=labels, metric=args.metric, title=args.title)
+        )
+    elif args.command == "interpolate":
+        print(
+            api.interpolate(
+                args.run_dir,
+                args.out,
+                pairs=args.pairs,
+                steps=args.steps,
+                data=args.data,
+                split=args.split,
+                data_dir=args.data_dir,
+                method=args.method,
+                seed=args.seed,
+            )
+        )
     elif args.command == "sample":
         print(api.sample(args.run_dir, args.n, args.out, seed=args.seed))
     elif args.command == "manifold":
@@ -378,8 +542,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aevb`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.command == "train" and args.config is not None:
+            args = _with_config(parser, argv, args)
         return _run(args)
     except AevbError as e:
         sys.stderr.write(f"aevb: error: {e}\n")

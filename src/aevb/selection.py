@@ -3,8 +3,11 @@
 At every evaluation the Trainer hands the record to :class:`Selection`. With ``keep="best"`` the
 model whose validation bound (``valid_bound``) is the highest so far is written to
 ``best_model.safetensors`` beside the run's last ``model.safetensors``; with ``patience`` = P the
-run stops after P evaluations in a row without a better validation bound. The state (best bound,
-where, evaluations since) travels in the training checkpoint, so resume continues it exactly.
+run stops after P evaluations in a row without a better validation bound. Evaluations are
+log-spaced, dense at the start, where the bound of a freshly initialised model often dips before
+it climbs; so only evaluations after the first epoch (``grace`` samples) count towards P. The
+state (best bound, where, evaluations since) travels in the training checkpoint, so resume
+continues it exactly.
 """
 
 from __future__ import annotations
@@ -23,11 +26,16 @@ class Selection:
     """Tracks the best validation bound of a run; saves the best model; decides early stopping."""
 
     def __init__(
-        self, run_dir: Path | None, keep: str = "last", patience: int | None = None
+        self,
+        run_dir: Path | None,
+        keep: str = "last",
+        patience: int | None = None,
+        grace: int = 0,
     ) -> None:
         self.run_dir = run_dir
         self.keep = keep
         self.patience = patience
+        self.grace = grace
         self.best: float | None = None
         self.best_samples: int | None = None
         self.since_best = 0
@@ -47,6 +55,8 @@ class Selection:
                     {"samples_seen": self.best_samples, METRIC: self.best},
                 )
             return True
+        if record["samples_seen"] < self.grace:
+            return False
         self.since_best += 1
         if self.patience is not None and self.since_best >= self.patience:
             self.stop = True

@@ -17,6 +17,7 @@ scale of the gradient (up to its epsilon).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -34,6 +35,8 @@ from .data.base import binarize_tensor
 from .errors import ConfigError
 from .fast import FastStep, tune_allocator, unsupported_optimizer, unsupported_reason
 from .model import VAE
+from .selection import Selection
+from .tracking import RunTracker
 
 OPTIMIZERS = ("adagrad", "adam")
 ENGINES = ("auto", "fast", "autograd")
@@ -74,6 +77,26 @@ class TrainConfig:
     eval_marginal: str | None = None  # also log log p(x) at evaluations: "is" or "hmc" (Appendix D)
     eval_marginal_points: int = 1000  # first points of each split used for it (the paper's 1 000)
     eval_importance_samples: int = 5000
+    # ---- day-to-day options (issue 11); the defaults leave training exactly as the paper's
+    kl_beta: float = 1.0  # weight of the KL term in the training objective (1: the bound itself)
+    kl_warmup: int | None = None  # that weight rises linearly from 0 over this many samples
+    keep: str = "last"  # "best": also keep the model with the best validation bound
+    patience: int | None = None  # stop after this many evaluations without a better valid bound
+    decoder_bias_init: bool = False  # decoder output bias = logit of the training-set mean
+    precision: str = "float32"  # "bf16": bf16 autocast of the training step (CUDA only)
+    tensorboard: bool = False  # also write TensorBoard event files (runs' tensorboard/)
+
+    @property
+    def kl_weighted(self) -> bool:
+        """Whether the training objective weights the KL term (KL warm-up or beta != 1)."""
+        return self.kl_beta != 1.0 or self.kl_warmup is not None
+
+    def kl_weight(self, samples_seen: int) -> float:
+        """The KL weight after ``samples_seen`` training samples (beta, ramped by warm-up)."""
+        w = float(self.kl_beta)
+        if self.kl_warmup is not None:
+            w *= min(1.0, samples_seen / self.kl_warmup)
+        return w
 
     def __post_init__(self) -> None:
         if self.estimator not in ("A", "B", "iwae"):
@@ -110,6 +133,26 @@ class TrainConfig:
             raise ConfigError(f"--budget must be positive, got {self.budget}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        self._check_daytoday()
+
+    def _check_daytoday(self) -> None:
+        if not (math.isfinite(float(self.kl_beta)) and self.kl_beta >= 0):
+            raise ConfigError(f"--kl-beta must be a number >= 0, got {self.kl_beta}")
+        if self.kl_warmup is not None and int(self.kl_warmup) < 1:
+            raise ConfigError(f"--kl-warmup must be a positive sample count, got {self.kl_warmup}")
+        if self.kl_weighted and (self.algorithm != "aevb" or self.estimator == "iwae"):
+            raise ConfigError(
+                "--kl-beta and --kl-warmup weight the KL term of AEVB's estimators A and B; "
+                f"drop them for algorithm {self.algorithm!r}, estimator {self.estimator!r}"
+            )
+        if self.keep not in ("last", "best"):
+            raise ConfigError(f"unknown --keep {self.keep!r}; choose last or best")
+        if self.patience is not None and int(self.patience) < 1:
+            raise ConfigError(
+                f"--patience must be a positive number of evaluations, got {self.patience}"
+            )
+        if self.precision not in ("float32", "bf16"):
+            raise ConfigError(f"unknown --precision {self.precision!r}; choose float32 or bf16")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -237,6 +280,8 @@ class AEVB(Algorithm):
             reason = unsupported_reason(model, config.estimator) or unsupported_optimizer(
                 self.optimizer
             )
+            if reason is None and getattr(config, "precision", "float32") == "bf16":
+                reason = "bf16 autocast runs on the autograd step"
             if reason is None:
                 self.fast = FastStep(model, self.optimizer, config.estimator, config.samples)
             elif choice == "fast":
@@ -244,16 +289,61 @@ class AEVB(Algorithm):
             else:
                 self.engine_note = f"autograd step ({reason})"
         self.engine = "fast" if self.fast is not None else "autograd"
+        self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
 
     def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        c = self.config
+        if c.kl_weighted:
+            return self._weighted_step(x, generator)
         if self.fast is not None:
             return self.fast.step(x, generator)
-        c = self.config
-        bound = self.model.objective(x, c.estimator, c.samples, generator).mean()
+        with _autocast(c, x):
+            bound = self.model.objective(x, c.estimator, c.samples, generator)
+        bound = _wide(bound).mean()  # the bound is accumulated in float32 under bf16
         self.optimizer.zero_grad(set_to_none=True)
         (-bound).backward()
         self.optimizer.step()
         return bound.detach()
+
+    def _weighted_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A step on E[log p(x|z)] - beta KL; the bound returned is still the beta = 1 bound."""
+        c = self.config
+        beta = c.kl_weight(self.kl_samples)
+        self.kl_samples += len(x) * distributed.world_size()  # global samples
+        if self.fast is not None:
+            return self.fast.step(x, generator, kl_weight=beta)
+        with _autocast(c, x):
+            rec, kl = self.model.elbo_terms(x, c.estimator, c.samples, generator)
+        rec, kl = _wide(rec), _wide(kl)
+        self.optimizer.zero_grad(set_to_none=True)
+        (beta * kl - rec).mean().backward()
+        self.optimizer.step()
+        return (rec - kl).mean().detach()
+
+    def extra_metrics(self) -> dict:
+        c = self.config
+        return {"kl_weight": c.kl_weight(self.kl_samples)} if c.kl_weighted else {}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        if not self.config.kl_weighted:
+            return {}
+        return {"kl_samples": torch.tensor(self.kl_samples, dtype=torch.int64)}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        if "kl_samples" in tensors:
+            self.kl_samples = int(tensors["kl_samples"])
+
+
+def _wide(t: Tensor) -> Tensor:
+    """t in float32 where autocast left it in a 16-bit type; else t itself."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _autocast(config: TrainConfig, x: Tensor):
+    """bf16 autocast of a training step (``precision="bf16"``, CUDA), else no context."""
+    if getattr(config, "precision", "float32") == "bf16" and x.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"aevb": AEVB}
@@ -303,6 +393,7 @@ class Trainer:
         progress: bool = True,
         on_eval: Callable[[dict], None] | None = None,
         evaluate_points: bool = True,
+        valid_x: Tensor | None = None,
     ) -> None:
         self.alg = algorithm
         self.model = algorithm.model
@@ -348,6 +439,11 @@ class Trainer:
         self._epoch_perm: Tensor | None = None
         self._epoch = -1
         self._rank_noise()
+        # model selection on the validation split, and TensorBoard files (aevb.selection/tracking)
+        self.valid_x = valid_x
+        grace = self.steps_per_epoch * m  # patience counts from the end of the first epoch
+        self.selection = Selection(self.run_dir, config.keep, config.patience, grace)
+        self.tracker = RunTracker(self.run_dir) if config.tensorboard and self.run_dir else None
 
     def _rank_noise(self) -> None:
         """Autograd steps on several ranks draw their noise from per-rank streams."""
@@ -395,7 +491,8 @@ class Trainer:
             _split_seed(self.config.seed, 6, self.samples_seen, *ranks)
         )
         self.model.eval()
-        for split_id, (name, x) in enumerate((("train", self.train_x), ("test", self.test_x))):
+        splits = (("train", self.train_x), ("test", self.test_x), ("valid", self.valid_x))
+        for split_id, (name, x) in enumerate(splits):
             if x is None:
                 continue
             xe = self._eval_data(x, split_id)
@@ -448,6 +545,7 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "seconds": self.seconds,
             "optimizer": opt_meta,
+            "selection": self.selection.state(),
         }
         return tensors, meta
 
@@ -459,6 +557,7 @@ class Trainer:
         self.alg.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("alg.")})
         self.step_count = int(meta["step"])
         self.seconds = float(meta["seconds"])
+        self.selection.load_state(meta.get("selection"))
         self._rank_noise()
 
     def checkpoint(self) -> None:
@@ -478,6 +577,8 @@ class Trainer:
         c, m = self.config, self.config.batch_size
         records: list[dict] = []
         total_steps = self.total // m
+        if self.selection.stop:
+            return records  # stopped early (--patience) before the checkpoint resumed from
         pending = [s for s in self.schedule if s >= self.samples_seen]
         if pending and pending[0] == self.samples_seen and self.step_count == 0:
             records.append(self._log(self.evaluate()))
@@ -535,6 +636,10 @@ class Trainer:
                     self.checkpoint()
                     last_ckpt = time.monotonic()
                     t0 = time.perf_counter()
+                    if self.selection.stop:  # early stopping on the validation bound
+                        if self.progress:
+                            tqdm.write(f"early stop: no better valid bound in {c.patience} evals")
+                        break
                 elif time.monotonic() - last_ckpt > c.checkpoint_seconds:
                     self.seconds += time.perf_counter() - t0
                     self.checkpoint()
@@ -553,6 +658,11 @@ class Trainer:
         self.records.append(rec)
         if self.run_dir is not None:
             runs.append_metrics(self.run_dir, rec)
+        self.selection.update(rec, self.model)
+        if self.tracker is not None:
+            lr = self.alg.optimizer.param_groups[0]["lr"]
+            shown = self.valid_x if self.valid_x is not None else self.test_x
+            self.tracker.log(rec, lr, self.model, shown)
         if self.on_eval is not None:
             self.on_eval(rec)
         elif self.progress:
