@@ -24,7 +24,7 @@ from .api import (  # noqa: E402
     train,
 )
 from .config import load_config  # noqa: E402
-from .errors import AevbError, ConfigError, DataError, RunError  # noqa: E402
+from .errors import AevbError, ConfigError, DataError, NumericalError, RunError  # noqa: E402
 from .model import VAE, ModelConfig  # noqa: E402
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "DataError",
     "ModelConfig",
     "Run",
+    "NumericalError",
     "RunError",
     "VAE",
     "__version__",

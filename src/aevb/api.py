@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from . import __version__, distributed, figures, runs
 from .algorithms import ALGORITHMS
 from .data import BINARIZE_MODES, DATASETS, Dataset, check_support, load_dataset
-from .errors import ConfigError, DataError, RunError
+from .errors import ConfigError, DataError, NumericalError, RunError
 from .model import VAE, ModelConfig, default_estimator
 from .selection import BEST_MODEL
 from .training import LR_CANDIDATES, TrainConfig, Trainer, _split_seed
@@ -140,8 +141,9 @@ def _prepare_out(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory; choose another path")
-    if out.is_dir() and any(out.iterdir()):
-        if (out / runs.CONFIG).exists():
+    # only what an 'aevb train' killed at its start leaves behind (temporary files): empty
+    if out.is_dir() and any(not runs.is_leftover(p) for p in out.iterdir()):
+        if (out / runs.CONFIG).exists() or (out / runs.MANIFEST).exists():
             raise ConfigError(
                 f"--out {out} already holds a run; continue it with --resume {out} "
                 "or choose a new directory"
@@ -149,14 +151,34 @@ def _prepare_out(out: str | Path) -> Path:
         raise ConfigError(f"--out {out} is not empty; choose a new or empty directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise ConfigError(
-            f"--out {out} is not writable ({e.strerror}); choose another path"
+            f"--out {out} cannot be created ({e.strerror}); choose another path"
         ) from None
+    runs.check_writable(out)
+    for p in out.iterdir():  # leftovers only, by the test above
+        if p.is_file():
+            p.unlink(missing_ok=True)
     return out
+
+
+def _space_needed(model: torch.nn.Module, tcfg: TrainConfig, alg_bytes: int = 0) -> int:
+    """Bytes a run's files need at most: two checkpoints (a commit writes the new beside the old)
+    of weights, optimizer state and algorithm state, plus room for figures and metrics."""
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_param = {"adagrad": 1, "adam": 2}.get(tcfg.optimizer, 2)
+    checkpoint = param_bytes * (2 + per_param) + alg_bytes + (1 << 16)
+    return 2 * checkpoint + (4 << 20)
+
+
+def _check_space(out_dir: Path, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
+    """Refuse, before any training, an output location without room for the run's files."""
+    try:
+        with torch.device("meta"):  # the parameters' sizes without allocating them
+            model = VAE(mcfg)
+    except Exception:
+        return
+    runs.check_space(out_dir, _space_needed(model, tcfg))
 
 
 def choose_lr(
@@ -176,9 +198,12 @@ def choose_lr(
         model = _build_model(mcfg, trial, device, train_x)
         alg = ALGORITHMS[trial.algorithm](model, trial, len(train_x), lr)
         t = Trainer(alg, train_x, None, trial, progress=progress, evaluate_points=False)
-        t.run()
-        tail = t.trace[len(t.trace) // 2 :] or t.trace
-        score = float(np.mean(tail))
+        try:
+            t.run()
+            tail = t.trace[len(t.trace) // 2 :] or t.trace
+            score = float(np.mean(tail))
+        except NumericalError:  # this step size diverged: never the choice
+            score = float("-inf")
         scores[repr(lr)] = score if math.isfinite(score) else float("-inf")
         if progress:
             tqdm.write(f"lr trial {lr:g}: training bound {score:.3f}")
@@ -223,6 +248,7 @@ def train(
     eval_per_decade: int = 4,
     eval_size: int = 10_000,
     checkpoint_seconds: float = 300.0,
+    checkpoint_samples: int | None = None,
     kl_beta: float = 1.0,
     kl_warmup: int | None = None,
     keep: str = "last",
@@ -311,6 +337,7 @@ def train(
         eval_per_decade=eval_per_decade,
         eval_size=eval_size,
         checkpoint_seconds=checkpoint_seconds,
+        checkpoint_samples=checkpoint_samples,
         full_vb_eval=full_vb_eval,
         eval_marginal=eval_marginal,
         eval_marginal_points=eval_marginal_points,
@@ -356,6 +383,8 @@ def train(
         )
     train_x, test_x = _data_tensors(ds, mcfg.likelihood, binarize, dev)
     valid_x = _valid_tensor(ds, validation, mcfg.likelihood, binarize, dev)
+    if out_dir is not None:  # before the step-size trial and training; rank 0's error on all
+        distributed.on_main(lambda: _check_space(out_dir, mcfg, tcfg))
     if tcfg.lr == "auto":
         tcfg.lr, tcfg.lr_search = choose_lr(mcfg, tcfg, train_x, dev, progress)
     cfg = {
@@ -381,7 +410,7 @@ def train(
     model = _build_model(mcfg, tcfg, dev, train_x)
     alg = ALGORITHMS[algorithm](model, tcfg, len(train_x), float(tcfg.lr))
     if out_dir is not None and distributed.is_main():
-        runs.atomic_write_json(out_dir / runs.CONFIG, cfg)
+        runs.commit(out_dir, {runs.CONFIG: runs.json_bytes(cfg)})  # the run exists from here
     trainer = Trainer(alg, train_x, test_x, tcfg, out_dir, progress=progress, valid_x=valid_x)
     return _finish(trainer, out_dir, cfg, ds, draw_figures)
 
@@ -421,11 +450,23 @@ def _resume(
     draw_figures: bool,
 ) -> Run:
     cfg = runs.read_config(run_dir)
-    mcfg = ModelConfig(**cfg["model"])
+
+    def prepare() -> None:
+        runs.check_writable(run_dir, "--resume")
+        runs.recover(run_dir)  # finish a commit that a killed process left half done
+
+    distributed.on_main(prepare)  # on rank 0; its error, if any, on every rank
     tdict = dict(cfg["train"])
     if budget is not None or epochs is not None:
         tdict["budget"], tdict["epochs"] = budget, epochs
-    tcfg = TrainConfig(**tdict)
+    try:
+        mcfg = ModelConfig(**cfg["model"])
+        tcfg = TrainConfig(**tdict)
+    except TypeError as e:
+        raise RunError(
+            f"{run_dir / runs.CONFIG}: settings this aevb does not know ({e}); was the run "
+            "written by a newer aevb?"
+        ) from None
     _check_precision(tcfg, dev)
     if tcfg.lr == "auto":
         raise RunError(f"{run_dir / runs.CONFIG}: the step size was never chosen; start a new run")
@@ -448,28 +489,35 @@ def _resume(
     train_x, test_x = _data_tensors(ds, mcfg.likelihood, tcfg.binarize, dev)
     valid = bool(cfg["data"].get("validation", False))
     valid_x = _valid_tensor(ds, valid, mcfg.likelihood, tcfg.binarize, dev)
-    model = _build_model(mcfg, tcfg, dev)
+    model = _build_model(mcfg, tcfg, dev, train_x)
     alg = ALGORITHMS[tcfg.algorithm](model, tcfg, len(train_x), float(tcfg.lr))
     trainer = Trainer(alg, train_x, test_x, tcfg, run_dir, progress=progress, valid_x=valid_x)
-    tensors, meta = runs.load_tensors(run_dir / runs.STATE)
-    try:
-        trainer.load_state(
-            {k: v.to(dev) if k != "rng.noise" else v for k, v in tensors.items()}, meta
-        )
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise RunError(f"{run_dir / runs.STATE}: does not match config.json ({e})") from None
+    if runs.has_file(run_dir, runs.STATE):  # else killed before its first checkpoint: from 0
+        tensors, meta = runs.load_run_tensors(run_dir, runs.STATE)
+        try:
+            trainer.load_state(
+                {k: v.to(dev) if k != "rng.noise" else v for k, v in tensors.items()}, meta
+            )
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise RunError(f"{run_dir / runs.STATE}: does not match config.json ({e})") from None
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
     if distributed.is_main():
         runs.truncate_metrics(run_dir, trainer.samples_seen)
     if budget is not None or epochs is not None or cfg.get("distributed") != _processes(tcfg):
         cfg["train"] = tcfg.to_dict()
         cfg["distributed"] = _processes(tcfg)
-        if distributed.is_main():
-            runs.atomic_write_json(run_dir / runs.CONFIG, cfg)
+        if distributed.is_main() and cfg["format_version"] == runs.FORMAT_VERSION:
+            runs.commit(run_dir, {runs.CONFIG: runs.json_bytes(cfg)})
+    if distributed.is_main() and cfg["format_version"] != runs.FORMAT_VERSION:
+        cfg = runs.convert(run_dir, cfg)  # an older format: rewritten as this one, with manifest
     return _finish(trainer, run_dir, cfg, ds, draw_figures)
 
 
 def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw: bool) -> Run:
+    if out_dir is not None:  # before training, not at a checkpoint; rank 0's error on all
+        alg_bytes = sum(t.numel() * t.element_size() for t in trainer.alg.state_tensors().values())
+        need = _space_needed(trainer.model, trainer.config, alg_bytes)
+        distributed.on_main(lambda: runs.check_space(out_dir, need))
     trainer.run()
     trainer.checkpoint()
     main = distributed.is_main()
@@ -492,10 +540,19 @@ def kl_mark(train_cfg: dict) -> str:
 
 
 def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
-    """Write figures/curves.png, samples.png, reconstructions.png (and manifold.png for 2-D z)."""
+    """Write figures/curves.png, samples.png, reconstructions.png (and manifold.png for 2-D z).
+
+    They are drawn aside and written into the run as one change recorded in its manifest.
+    """
     assert run.path is not None
-    fig_dir = run.path / runs.FIGURES
-    fig_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aevb-figures-") as tmp:
+        drawn = _draw_figures(run, ds, Path(tmp))
+        files = {f"{runs.FIGURES}/{p.name}": p.read_bytes() for p in drawn}
+    runs.write_files(run.path, files)
+    return [run.path / name for name in files]
+
+
+def _draw_figures(run: Run, ds: Dataset | None, fig_dir: Path) -> list[Path]:
     model = run.model
     shape = model.config.image_shape
     written = []
@@ -546,9 +603,9 @@ def load(run_dir: str | Path, device: str = "cpu", which: str = "last") -> VAE:
         raise RunError(f"{run_dir / runs.CONFIG}: bad model section ({e})") from None
     model = VAE(mcfg)
     weights = run_dir / (runs.MODEL if which == "last" else BEST_MODEL)
-    if which == "best" and not weights.exists():
+    if which == "best" and not runs.has_file(run_dir, BEST_MODEL):
         raise RunError(f"{weights}: missing; the run was not trained with --keep best")
-    tensors, _ = runs.load_tensors(weights)
+    tensors, _ = runs.load_run_tensors(run_dir, weights.name)  # checked against the manifest
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:

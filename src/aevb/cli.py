@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, api, distributed
+from . import __version__, api, distributed, runs
 from .data import BINARIZE_MODES
 from .distributions import POSTERIORS, PRIORS
 from .errors import AevbError, ConfigError
@@ -25,14 +26,37 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+MAX_COUNT = 10**15
+"""The largest count an option takes: beyond it no size fits in memory or finishes."""
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # "1e999" is inf, which no integer is
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if not 1 <= v <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to 10^15, got {text!r}")
     return v
+
+
+def _bounded_int(lo: int, hi: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+_seed = _bounded_int(0, 2**63 - 1, "a seed from 0 to 2^63-1")
+_depth = _bounded_int(0, 64, "a number of hidden layers from 0 to 64")
+_steps = _bounded_int(0, MAX_COUNT, "a number from 0 to 10^15")
 
 
 def _lr(text: str) -> float | str:
@@ -78,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--hidden", type=_positive_int, help="hidden units (default: 500 MNIST, 200 others)"
     )
-    t.add_argument("--depth", type=int, default=1, help="hidden layers per network (default 1)")
+    t.add_argument("--depth", type=_depth, default=1, help="hidden layers per network (default 1)")
     t.add_argument("--activation", default="tanh", help="tanh (paper), relu, softplus, elu")
     t.add_argument(
         "--config",
@@ -155,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=_positive_int, help="training samples evaluated (default 1e6)"
     )
     length.add_argument("--epochs", type=_positive_int, help="passes over the training set")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--binarize", choices=BINARIZE_MODES, default="grey")
     t.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"))
@@ -175,7 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--eval-per-decade", type=_positive_int, default=4)
     t.add_argument("--eval-size", type=_positive_int, default=10_000, help="points per evaluation")
-    t.add_argument("--checkpoint-seconds", type=float, default=300.0)
+    t.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=300.0,
+        help="write a checkpoint at least this often (default 300)",
+    )
+    t.add_argument(
+        "--checkpoint-samples",
+        type=_positive_int,
+        help="also write a checkpoint after every N training samples",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     d = t.add_argument_group("day-to-day options (docs/GUIDE.md)")
     d.add_argument(
@@ -238,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="also the importance-weighted bound with K samples (default: K of an iwae run)",
     )
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_seed, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument(
         "--marginal",
@@ -259,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--hmc-samples", type=_positive_int, default=50, help="HMC posterior draws per point"
     )
     e.add_argument("--leapfrog-steps", type=_positive_int, default=4, help="per HMC transition")
-    e.add_argument("--hmc-warmup", type=int, default=200, help="step-size adaptation transitions")
+    e.add_argument(
+        "--hmc-warmup", type=_steps, default=200, help="step-size adaptation transitions"
+    )
     e.add_argument("--target-accept", type=float, default=0.9, help="HMC acceptance target")
     e.add_argument(
         "--workers", type=_positive_int, help="CPU worker threads for --marginal (default: threads)"
@@ -276,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="decoder means for z drawn from the prior")
     s.add_argument("run_dir", metavar="RUNDIR")
     s.add_argument("--n", type=_positive_int, default=100)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy")
 
     m = sub.add_parser("manifold", help="Figure 4: the learned 2-D manifold")
@@ -322,8 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="linear, spherical (Gaussian prior), or both (default)",
     )
-    ip.add_argument("--seed", type=int, default=0, help="which pairs are drawn")
+    ip.add_argument("--seed", type=_seed, default=0, help="which pairs are drawn")
     ip.add_argument("--out", required=True, help="FILE.png, FILE.npy or FILE.npz")
+
+    vf = sub.add_parser("verify", help="check every file of a run against its manifest")
+    vf.add_argument("run_dir", metavar="RUNDIR")
     return parser
 
 
@@ -408,6 +447,7 @@ def _run(args: argparse.Namespace) -> int:
             eval_per_decade=args.eval_per_decade,
             eval_size=args.eval_size,
             checkpoint_seconds=args.checkpoint_seconds,
+            checkpoint_samples=args.checkpoint_samples,
             kl_beta=args.kl_beta,
             kl_warmup=args.kl_warmup,
             keep=args.keep,
@@ -427,10 +467,12 @@ def _run(args: argparse.Namespace) -> int:
         iw = ""
         if "test_iwae_bound" in f:
             iw = f", test IWAE bound {f['test_iwae_bound']:.3f} (K={tc['samples']})"
+        what = "bound" if "train_bound" in f else "log_likelihood"  # MCEM has no bound
+        label = "bound" if what == "bound" else "log p(x)"
         print(
             f"trained {f.get('samples_seen', 0):,} samples (estimator {tc['estimator']}): "
-            f"train bound {f.get('train_bound', float('nan')):.3f}, test bound "
-            f"{f.get('test_bound', float('nan')):.3f} nats{iw}; run in {run.path}"
+            f"train {label} {f.get(f'train_{what}', float('nan')):.3f}, test {label} "
+            f"{f.get(f'test_{what}', float('nan')):.3f} nats{iw}; run in {run.path}"
         )
         if tc.get("keep") == "best" and "valid_bound" in f:
             best = max(run.metrics, key=lambda r: r.get("valid_bound", float("-inf")))
@@ -537,6 +579,11 @@ def _run(args: argparse.Namespace) -> int:
                 binarize=args.binarize,
             )
         )
+    elif args.command == "verify":
+        res = runs.verify_run(args.run_dir)
+        how = "match their checksums" if res["checksums"] else "parse (format 1: no checksums)"
+        n, fmt = len(res["files"]), res["format_version"]
+        print(f"{args.run_dir}: run format {fmt}, {n} files {how}")
     return 0
 
 
@@ -553,7 +600,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except distributed.RankLostError as e:  # torchrun: another rank died or hung
         sys.stderr.write(f"aevb: error: {e}\n")
-        return 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A process group with a lost peer can abort the interpreter while it is torn down
+        # ("terminate called without an active exception", exit -6): leave without teardown.
+        os._exit(1)
+    except OSError as e:  # a file or folder the command was given cannot be read or written
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"aevb: error: {where}{e.strerror or e}\n")
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        too_big = ("alloc", "out of memory", "overflow", "too large", "numel")
+        if not isinstance(e, MemoryError) and not any(w in str(e).lower() for w in too_big):
+            raise
+        sys.stderr.write(
+            "aevb: error: out of memory for what was asked (a model, minibatch or sample count "
+            "too large for this machine); ask for less\n"
+        )
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("aevb: interrupted; continue a training run with --resume RUNDIR\n")
         return 130

@@ -152,8 +152,14 @@ def setup_from_env(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group (registered at exit by :func:`setup_from_env`)."""
+    """Leave the process group (registered at exit by :func:`setup_from_env`).
+
+    The ranks meet at a barrier first: gloo aborts a process ("terminate called without an active
+    exception") when it tears down its group while a peer is still using it.
+    """
     if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a peer is gone: nothing to wait for
+            dist.barrier()
         dist.destroy_process_group()
 
 

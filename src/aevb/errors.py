@@ -15,3 +15,7 @@ class ConfigError(AevbError, ValueError):
 
 class RunError(AevbError):
     """A run directory is missing, incomplete, corrupted, or of an unknown format."""
+
+
+class NumericalError(AevbError, FloatingPointError):
+    """Training produced a non-finite bound or non-finite parameters (at a named step)."""

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, runs
 from .data.base import binarize_tensor
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 from .fast import FastStep, tune_allocator, unsupported_optimizer, unsupported_reason
 from .model import VAE
 from .selection import Selection
@@ -63,7 +63,8 @@ class TrainConfig:
     binarize: str = "grey"
     eval_per_decade: int = 4
     eval_size: int = 10_000
-    checkpoint_seconds: float = 300.0
+    checkpoint_seconds: float = 300.0  # a checkpoint at least this often (wall-clock seconds)
+    checkpoint_samples: int | None = None  # and after every this many training samples
     lr_trial_samples: int | None = None
     lr_search: dict | None = None
     engine: str = "auto"  # AEVB's step: "fast" (aevb.fast), "autograd", or "auto" (fast if covered)
@@ -133,6 +134,16 @@ class TrainConfig:
             raise ConfigError(f"--budget must be positive, got {self.budget}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if not float(self.checkpoint_seconds) > 0:  # also refuses NaN; inf means never
+            raise ConfigError(
+                f"--checkpoint-seconds must be positive, got {self.checkpoint_seconds}"
+            )
+        if int(self.eval_per_decade) > 1000:  # the schedule's loop steps 10^(1/k) at a time
+            raise ConfigError(f"--eval-per-decade must be at most 1000, got {self.eval_per_decade}")
+        if self.checkpoint_samples is not None and int(self.checkpoint_samples) < 1:
+            raise ConfigError(
+                f"--checkpoint-samples must be a positive integer, got {self.checkpoint_samples}"
+            )
         self._check_daytoday()
 
     def _check_daytoday(self) -> None:
@@ -247,6 +258,18 @@ class Algorithm:
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Restore what :meth:`state_tensors` saved."""
 
+    def finite_probe(self) -> Tensor:
+        """A 0-d tensor, non-finite when a parameter is (their sum; computed without a sync).
+
+        The Trainer records it after every step: a non-finite or overflowing gradient makes the
+        updated parameters non-finite (Adagrad and Adam turn an inf into NaN), so this names the
+        step of a gradient fault as the bound names the step of a loss fault.
+        """
+        params = getattr(self, "_probe_params", None)
+        if params is None:
+            params = self._probe_params = [p for p in self.model.parameters()]
+        return torch.stack([p.detach().sum() for p in params]).sum()
+
     @torch.no_grad()
     def evaluate(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Per-datapoint lower bound reported for this algorithm's model.
@@ -290,6 +313,11 @@ class AEVB(Algorithm):
                 self.engine_note = f"autograd step ({reason})"
         self.engine = "fast" if self.fast is not None else "autograd"
         self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
+
+    def finite_probe(self) -> Tensor:
+        if self.fast is not None:
+            return self.fast.flat.sum()  # every parameter is a view into this one buffer
+        return super().finite_probe()
 
     def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
         c = self.config
@@ -377,6 +405,48 @@ def _split_seed(seed: int, *parts: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+# --------------------------------------------------------------------------- numerical faults
+
+
+class FiniteWatch:
+    """Finds the first step with a non-finite bound or parameters, without a sync per step.
+
+    Each step stores its minibatch bound and :meth:`Algorithm.finite_probe` (taken after the
+    update) in one row of a small buffer on the training device; :meth:`check` reads the rows
+    since the last check in one synchronisation. The Trainer checks at its periodic progress
+    sync (every 20 steps) and before every evaluation and checkpoint, so a fault is reported
+    with the exact step it happened at, and no checkpoint is written after it.
+    """
+
+    def __init__(self, size: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.buf = torch.zeros((size, 2), device=device, dtype=dtype)
+        self.rows = self.buf.unbind(0)
+        self.n = 0
+        self.first_step = 0  # the step number of row 0
+
+    def record(self, step: int, bound: Tensor, probe: Tensor) -> bool:
+        """Store one step; True when the buffer is full (check it before the next step)."""
+        if self.n == 0:
+            self.first_step = step
+        dt = self.buf.dtype
+        torch.stack((bound.detach().to(dt), probe.detach().to(dt)), out=self.rows[self.n])
+        self.n += 1
+        return self.n == len(self.rows)
+
+    def check(self) -> tuple[int, str, float] | None:
+        """(step, "bound" or "parameters", bound) of the first non-finite row; None if none."""
+        n, self.n = self.n, 0
+        if n == 0:
+            return None
+        rows = self.buf[:n]
+        if math.isfinite(float(rows.sum())):
+            return None
+        bad = ~torch.isfinite(rows)
+        i = int(torch.nonzero(bad.any(1))[0, 0])
+        what = "bound" if bool(bad[i, 0]) else "parameters"
+        return self.first_step + i, what, float(rows[i, 0])
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -435,6 +505,8 @@ class Trainer:
         self.noise = torch.Generator(device=train_x.device).manual_seed(_split_seed(config.seed, 1))
         self.step_count = 0
         self.seconds = 0.0
+        self.last_good_step: int | None = None  # step of the last checkpoint written or loaded
+        self.watch: FiniteWatch | None = None
         self._epoch_x: Tensor | None = None
         self._epoch_perm: Tensor | None = None
         self._epoch = -1
@@ -557,18 +629,66 @@ class Trainer:
         self.alg.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("alg.")})
         self.step_count = int(meta["step"])
         self.seconds = float(meta["seconds"])
+        self.last_good_step = self.step_count
         self.selection.load_state(meta.get("selection"))
         self._rank_noise()
 
     def checkpoint(self) -> None:
+        """Write training state and model as one crash-safe change (:func:`aevb.runs.commit`).
+
+        Never from non-finite parameters: the steps since the last check are checked first, and
+        the parameters themselves, so a fault leaves the last good checkpoint in place.
+        """
         if self.run_dir is None:
             return
+        self.check_finite()
+        params = list(self.model.parameters())
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise self._diverged(self.step_count, "parameters", float("nan"))
         tensors, meta = self.state()
-        runs.save_tensors(self.run_dir / runs.STATE, tensors, meta)
-        runs.save_tensors(
-            self.run_dir / runs.MODEL,
-            {k: _owned(v) for k, v in self.model.state_dict().items()},
-            {"samples_seen": self.samples_seen},
+        model_sd = {k: _owned(v) for k, v in self.model.state_dict().items()}
+        runs.commit(
+            self.run_dir,
+            {
+                runs.STATE: runs.tensors_bytes(tensors, meta),
+                runs.MODEL: runs.tensors_bytes(model_sd, {"samples_seen": self.samples_seen}),
+            },
+        )
+        self.last_good_step = self.step_count
+
+    def check_finite(self) -> None:
+        """Raise NumericalError naming the first step since the last check that went non-finite."""
+        bad = self.watch.check() if self.watch is not None else None
+        if bad is not None:
+            raise self._diverged(*bad)
+
+    def _diverged(self, step: int, what: str, bound: float) -> NumericalError:
+        c, m = self.config, self.config.batch_size
+        cause = (
+            f"the minibatch bound was {bound}"
+            if what == "bound"
+            else "the update made parameters non-finite (a non-finite or overflowing gradient)"
+        )
+        if self.run_dir is None:
+            kept = "nothing was written"
+        elif self.last_good_step is None:
+            kept = f"no checkpoint had been written yet in {self.run_dir}"
+        else:
+            kept = (
+                f"the last good checkpoint (step {self.last_good_step:,}, "
+                f"{self.last_good_step * m:,} samples) is kept in {self.run_dir}"
+            )
+        fix = f"a smaller step size (--lr, here {c.lr})"
+        if c.init != "paper":
+            fix += " or the default --init paper"
+        if getattr(self.model.config, "likelihood", "") == "gaussian":
+            fix += (
+                " (with the Gaussian decoder this is usually its variance collapsing onto "
+                "near-constant pixels: its log-variance has no floor)"
+            )
+        return NumericalError(
+            f"training diverged at step {step:,} (samples {(step - 1) * m:,} to {step * m:,}): "
+            f"{cause}; the run stopped and {kept}; likely fix: {fix}, in a new run"
         )
 
     # ---------------------------------------------------------------- the loop
@@ -608,6 +728,11 @@ class Trainer:
             tqdm.write(f"engine: {note}")
         n_running = 0
         last_ckpt = time.monotonic()
+        last_ckpt_samples = self.samples_seen
+        p0 = next(iter(self.model.parameters()), None)
+        self.watch = FiniteWatch(
+            20, self.train_x.device, p0.dtype if p0 is not None else torch.float32
+        )
         t0 = time.perf_counter()
         try:
             while self.step_count < total_steps:
@@ -617,12 +742,16 @@ class Trainer:
                 idx = perm[lo : lo + self.local_batch]
                 torch.index_select(x, 0, idx, out=xb)
                 if self.alg.needs_index:
-                    running += self.alg.step(xb, self.noise, index=idx)
+                    bound = self.alg.step(xb, self.noise, index=idx)
                 else:
-                    running += self.alg.step(xb, self.noise)
+                    bound = self.alg.step(xb, self.noise)
+                running += bound
                 n_running += 1
                 self.step_count += 1
+                if self.watch.record(self.step_count, bound, self.alg.finite_probe()):
+                    self.check_finite()
                 if n_running == 20 or self.step_count == total_steps:
+                    self.check_finite()
                     mean_bound = float(distributed.all_reduce_mean_(running)) / n_running
                     self.trace.append(mean_bound)
                     bar.update(n_running * m)
@@ -630,20 +759,24 @@ class Trainer:
                     running.zero_()
                     n_running = 0
                 if pending and self.samples_seen >= pending[0]:
+                    self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
                     records.append(self._log(self.evaluate()))
                     pending.pop(0)
                     self.checkpoint()
-                    last_ckpt = time.monotonic()
+                    last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
                     if self.selection.stop:  # early stopping on the validation bound
                         if self.progress:
                             tqdm.write(f"early stop: no better valid bound in {c.patience} evals")
                         break
-                elif time.monotonic() - last_ckpt > c.checkpoint_seconds:
+                elif time.monotonic() - last_ckpt > c.checkpoint_seconds or (
+                    c.checkpoint_samples is not None
+                    and self.samples_seen - last_ckpt_samples >= c.checkpoint_samples
+                ):
                     self.seconds += time.perf_counter() - t0
                     self.checkpoint()
-                    last_ckpt = time.monotonic()
+                    last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
         finally:
             bar.close()
@@ -651,9 +784,11 @@ class Trainer:
 
     def _log(self, rec: dict) -> dict:
         if not all(math.isfinite(v) for v in rec.values() if isinstance(v, float)):
-            raise FloatingPointError(
-                f"non-finite bound at {rec['samples_seen']} samples: {rec}; "
-                "try a smaller --lr or the default --init paper"
+            bad = sorted(k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v))
+            raise NumericalError(
+                f"non-finite evaluation at {rec['samples_seen']:,} samples ({', '.join(bad)}); "
+                "the run stopped before logging it; likely fix: a smaller --lr, or the default "
+                "--init paper"
             )
         self.records.append(rec)
         if self.run_dir is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -18,8 +21,10 @@ HELD_OUT_FRACTION = 0.1
 
 def _as_rows(a: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | None]:
     """Flatten (N, D) or (N, H, W) data to float32 rows; return the implied image shape."""
-    if a.dtype == object or not (
-        np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
+    if (
+        a.dtype == object
+        or np.issubdtype(a.dtype, np.complexfloating)
+        or not (np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_))
     ):
         raise DataError(f"{source}: expected a numeric array, got dtype {a.dtype}")
     if a.ndim == 2:
@@ -72,21 +77,68 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     return np.asarray(out, dtype=np.float64), names
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_npy_header(f: BinaryIO, size: int, source: str) -> None:
+    """Read an .npy header and refuse, before anything is allocated, an array whose header
+    promises other than the ``size`` bytes the file holds, or more than this machine's memory."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        shape, _, dtype = fmt._read_array_header(f, version)
+    if dtype.hasobject:
+        raise DataError(f"{source}: holds Python objects, which aevb never unpickles")
+    needed = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if needed != held:
+        raise DataError(
+            f"{source}: the header promises {needed:,} bytes of data but {held:,} follow it; "
+            "the file is truncated or damaged"
+        )
+    if needed > _memory_bytes():
+        raise DataError(f"{source}: {needed:,} bytes of data, more than this machine's memory")
+
+
 def _load_file(path: Path) -> dict[str, np.ndarray]:
-    """Arrays in the file by name; a single unnamed array is returned as ``data``."""
+    """Arrays in the file by name; a single unnamed array is returned as ``data``.
+
+    Every header is checked against the bytes really there before numpy reads the file, so a
+    damaged or hostile header never causes a large allocation.
+    """
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as f:
+                _check_npy_header(f, path.stat().st_size, str(path))
             return {"data": np.load(path, allow_pickle=False)}
         if suffix == ".npz":
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.filename.endswith(".npy"):
+                        raise DataError(
+                            f"{path}: holds {info.filename!r}, which is not an .npy array; "
+                            "write the file with numpy.savez"
+                        )
+                    with zf.open(info) as f:
+                        _check_npy_header(f, info.file_size, f"{path}[{info.filename}]")
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         if suffix == ".csv":
             return {"data": _read_csv(path)[0]}
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"{path}: cannot read as {suffix} ({e}); is the file complete?") from None
+    except Exception as e:  # the parsers' errors vary with the damage; all mean a bad file
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read as {suffix} ({msg}); is the file complete?") from None
     raise DataError(f"{path}: unknown file type {suffix!r}; use one of {list(USER_SUFFIXES)}")
 
 

@@ -38,9 +38,25 @@ def _open(path: Path) -> tuple[BinaryIO, bool]:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
 
 
+CHUNK = 1 << 20
+
+
+def _read_upto(stream: BinaryIO, n: int) -> bytes:
+    """At most n bytes, read in chunks: memory grows with what the file holds, never with what
+    its header claims (``read(n)`` allocates n bytes before it reads any)."""
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(min(CHUNK, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def _read_exact(stream: BinaryIO, n: int, path: Path, what: str) -> bytes:
     try:
-        data = stream.read(n)
+        data = _read_upto(stream, n)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: damaged or truncated gzip data ({e}); {_REFETCH}") from None
     if len(data) != n:
@@ -115,7 +131,7 @@ def read_amat(path: str | Path, columns: int) -> tuple[np.ndarray, str]:
     stream, _ = _open(path)
     with stream:
         try:
-            raw = stream.read(MAX_BYTES + 1)
+            raw = _read_upto(stream, MAX_BYTES + 1)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: damaged or truncated gzip data ({e}); {_REFETCH}") from None
     if len(raw) > MAX_BYTES:
