@@ -7,15 +7,21 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from .errors import ConfigError
+from .runs import atomic_write_bytes
 
-from .errors import ConfigError  # noqa: E402
-from .runs import atomic_write_bytes  # noqa: E402
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (start-up time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def tile_shape(x_dim: int, image_shape: Sequence[int] | None) -> tuple[int, int]:
@@ -45,7 +51,7 @@ def image_grid(
 def _save_figure(fig, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
-    plt.close(fig)
+    _pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -59,7 +65,7 @@ def save_grid(
     """Save an image grid as a PNG (written atomically)."""
     grid = image_grid(images, image_shape, ncol)
     scale = max(1.0, 400.0 / max(grid.shape))
-    fig = plt.figure(
+    fig = _pyplot().figure(
         figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100 + (0.3 if title else 0)),
         dpi=100,
     )
@@ -96,6 +102,7 @@ def plot_curves(
     Log x-axis, train solid, test dashed, validation dotted. A run without the metric (Monte Carlo
     EM has no bound) is drawn with its marginal-likelihood estimates.
     """
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, records) in enumerate(runs):
