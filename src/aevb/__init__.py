@@ -25,6 +25,7 @@ from .api import (  # noqa: E402
 )
 from .config import load_config  # noqa: E402
 from .errors import AevbError, ConfigError, DataError, NumericalError, RunError  # noqa: E402
+from .experiments import reproduce  # noqa: E402
 from .model import VAE, ModelConfig  # noqa: E402
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "manifold",
     "plot",
     "reconstruct",
+    "reproduce",
     "sample",
     "train",
 ]

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, api, distributed, runs
+from . import __version__, api, distributed, experiments, runs
 from .data import BINARIZE_MODES
 from .distributions import POSTERIORS, PRIORS
 from .errors import AevbError, ConfigError
@@ -363,6 +363,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     vf = sub.add_parser("verify", help="check every file of a run against its manifest")
     vf.add_argument("run_dir", metavar="RUNDIR")
+
+    rp = sub.add_parser(
+        "reproduce", help="a figure of the paper (2-5), its table and values (docs/REPRODUCTION.md)"
+    )
+    rp.add_argument("figure", choices=list(experiments.FIGURES))
+    rp.add_argument(
+        "--budget",
+        choices=list(experiments.BUDGETS),
+        default="quick",
+        help="smoke (about a minute), quick (an hour or less on 2 cores; default), paper "
+        "(the paper's sample counts)",
+    )
+    rp.add_argument(
+        "--out", help="folder for the runs and results (default reproductions/FIG-BUDGET)"
+    )
+    rp.add_argument(
+        "--mnist",
+        choices=list(experiments.MNIST_DATA),
+        default="binarized-mnist",
+        help="MNIST data: the fixed binarization (default) or grey MNIST as Bernoulli targets",
+    )
+    rp.add_argument(
+        "--data-dir", help="folder holding mnist/, binarized_mnist/, frey/ (else $AEVB_DATA_DIR)"
+    )
+    rp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -579,6 +605,17 @@ def _run(args: argparse.Namespace) -> int:
                 binarize=args.binarize,
             )
         )
+    elif args.command == "reproduce":
+        res = experiments.reproduce(
+            args.figure,
+            args.budget,
+            args.out,
+            mnist=args.mnist,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=not args.quiet,
+        )
+        print(f"{res.figure}\n{res.table}\n{res.json}")
     elif args.command == "verify":
         res = runs.verify_run(args.run_dir)
         how = "match their checksums" if res["checksums"] else "parse (format 1: no checksums)"

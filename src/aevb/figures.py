@@ -126,3 +126,101 @@ def plot_curves(
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+CURVE_COLORS = {"AEVB": "tab:red", "Wake-Sleep": "tab:blue", "MCEM": "tab:green"}
+
+
+def plot_panels(
+    panels: Sequence[tuple[str, Sequence[tuple[str, list[dict]]]]],
+    path: str | Path,
+    *,
+    metric: str = "bound",
+    title: str = "",
+    xscale: str = "log",
+    ncols: int = 5,
+    legend_cols: int = 4,
+) -> None:
+    """Figures 2 and 3: one panel per setting, each with several runs' train and test curves.
+
+    ``panels`` holds (panel title, [(run label, metrics records)]). Train solid, test dashed; a
+    log x-axis of training samples (Figure 2) or a linear one in millions (Figure 3). The x-range
+    covers the last three decades of training and the y-range the values there, as in the paper.
+    """
+    plt = _pyplot()
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.0 * ncols, 2.6 * nrows + 0.6), dpi=90, squeeze=False
+    )
+    handles: dict[str, object] = {}
+    for ax, (ptitle, curves) in zip(axes.flat, panels, strict=False):
+        seen = [r["samples_seen"] for _, recs in curves for r in recs if r["samples_seen"] > 0]
+        end = max(seen, default=1)
+        start = max(min(seen, default=1), end / 1000) if xscale == "log" else 0
+        shown: list[float] = []
+        for label, records in curves:
+            recs = [r for r in records if r.get("samples_seen", 0) > 0]
+            color = CURVE_COLORS.get(label)
+            for split, style in (("train", "-"), ("test", "--")):
+                pts = [
+                    (r["samples_seen"], r[f"{split}_{metric}"])
+                    for r in recs
+                    if f"{split}_{metric}" in r
+                ]
+                if not pts:
+                    continue
+                s, y = zip(*pts, strict=True)
+                xs = list(s) if xscale == "log" else [v / 1e6 for v in s]
+                (line,) = ax.plot(xs, y, style, color=color, lw=1.3)
+                handles.setdefault(f"{label} ({split})", line)
+                shown += [v for si, v in pts if si >= start and math.isfinite(v)]
+        ax.set_xscale(xscale)
+        if xscale == "log":
+            ax.set_xlim(start, end)
+        if shown:
+            lo, hi = min(shown), max(shown)
+            pad = 0.05 * (hi - lo) or 1.0
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(ptitle, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlabel(
+            "# training samples evaluated" if xscale == "log" else "# training samples (millions)",
+            fontsize=7,
+        )
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    ylabel = "lower bound (nats)" if metric == "bound" else "marginal log-likelihood (nats)"
+    for row in axes:
+        row[0].set_ylabel(ylabel, fontsize=8)
+    legend_cols = min(legend_cols, len(handles) or 1)
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="lower center",
+        ncol=legend_cols,
+        fontsize=8,
+        frameon=False,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    legend_rows = math.ceil(len(handles) / legend_cols)
+    fig.tight_layout(rect=(0, (0.08 + 0.2 * legend_rows) / fig.get_figheight(), 1, 1))
+    _save_figure(fig, path)
+
+
+def plot_image_panels(
+    grids: Sequence[tuple[str, np.ndarray]], path: str | Path, *, title: str = ""
+) -> None:
+    """Figures 4 and 5: image grids (from :func:`image_grid`) side by side, one titled panel."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6), dpi=100, squeeze=False)
+    for ax, (ptitle, grid) in zip(axes.flat, grids, strict=True):
+        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(ptitle, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
