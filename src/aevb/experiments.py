@@ -242,7 +242,9 @@ def reproduce(
             if progress:
                 tqdm.write(f"{where}: {'resuming' if resume else 'training'} in {run_dir}")
             if resume:
-                run = api.train(resume=run_dir, device=device, progress=progress)
+                run = api.train(
+                    resume=run_dir, budget=proto.samples, device=device, progress=progress
+                )
             else:
                 run = api.train(
                     out=run_dir,

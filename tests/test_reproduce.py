@@ -1,0 +1,237 @@
+"""`aevb reproduce`: the paper's protocols (settings checked against Section 5), each figure's
+smoke budget end to end on the real data, resumption, and refusal of mismatched or bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+
+from aevb import experiments, runs
+from aevb.cli import main
+from aevb.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("AEVB_OFFLINE", "1")
+
+
+# ------------------------------------------------------------------ the protocols themselves
+def test_figure2_protocol_is_the_papers():
+    p = experiments.protocol("figure2", "paper")
+    assert p.samples == 10**8  # Figure 2's x-axis ends at 10^8
+    mnist = [pn for pn in p.panels if pn.key.startswith("mnist")]
+    frey = [pn for pn in p.panels if pn.key.startswith("frey")]
+    assert [c.options["latent_dim"] for pn in mnist for c in pn.curves[:1]] == [3, 5, 10, 20, 200]
+    assert [c.options["latent_dim"] for pn in frey for c in pn.curves[:1]] == [2, 5, 10, 20]
+    for pn in p.panels:
+        assert [c.algorithm for c in pn.curves] == ["aevb", "wake-sleep"]
+        for c in pn.curves:
+            o = c.options
+            assert (o["optimizer"], o["lr"], o["batch_size"], o["samples"]) == (
+                "adagrad",
+                "auto",
+                100,
+                1,
+            )
+            assert o["hidden"] == (500 if pn in mnist else 200)
+            assert o["data"] == ("binarized-mnist" if pn in mnist else "frey")
+
+
+def test_figure3_protocol_is_the_papers():
+    p = experiments.protocol("figure3", "paper", mnist="mnist")
+    assert [pn.key for pn in p.panels] == ["ntrain1000", "ntrain50000"]
+    for pn, size in zip(p.panels, (1_000, 50_000), strict=True):
+        assert [c.algorithm for c in pn.curves] == ["aevb", "wake-sleep", "mcem"]
+        for c in pn.curves:
+            o = c.options
+            assert (o["latent_dim"], o["hidden"], o["train_size"], o["data"]) == (
+                3,
+                100,
+                size,
+                "mnist",
+            )
+            assert (o["eval_marginal"], o["eval_marginal_points"]) == ("hmc", 1_000)
+
+
+def test_figures_4_and_5_protocols():
+    p4 = experiments.protocol("figure4", "quick")
+    assert [(c.options["data"], c.options["latent_dim"]) for _, c in p4.runs] == [
+        ("frey", 2),
+        ("binarized-mnist", 2),
+    ]
+    p5 = experiments.protocol("figure5", "quick")
+    assert [c.options["latent_dim"] for _, c in p5.runs] == [2, 5, 10, 20]
+    assert p5.kind == "samples" and p4.kind == "manifold"
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("figure9", "quick"), "unknown figure 'figure9'"),
+        (("figure2", "fast"), "unknown budget 'fast'"),
+    ],
+)
+def test_protocol_refuses_unknown_names(args, match):
+    with pytest.raises(ConfigError, match=match):
+        experiments.protocol(*args)
+
+
+# ------------------------------------------------------------------ smoke budgets end to end
+def _png_size(path: Path) -> tuple[int, int]:
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", raw[16:24])
+
+
+def _first_and_last(run_dir: Path, key: str) -> tuple[float, float]:
+    recs = [r for r in runs.read_metrics(run_dir) if key in r]
+    return recs[0][key], recs[-1][key]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, shared_data_dir):
+    """Each figure's smoke reproduction, run once for the module."""
+    root = tmp_path_factory.mktemp("reproduce")
+    done: dict[str, experiments.Reproduction] = {}
+
+    def get(figure: str) -> experiments.Reproduction:
+        if figure not in done:
+            done[figure] = experiments.reproduce(
+                figure, "smoke", root / figure, data_dir=shared_data_dir, progress=False
+            )
+        return done[figure]
+
+    return get
+
+
+def _check_outputs(rep: experiments.Reproduction, n_rows: int) -> dict:
+    w, h = _png_size(rep.figure)
+    assert w > 300 and h > 200
+    assert rep.figure.stat().st_size < 300_000  # small enough for the docs
+    table = rep.table.read_text()
+    assert table.count("\n| ") == n_rows + 1  # header and one line per curve
+    values = json.loads(rep.json.read_text())
+    assert len(values["rows"]) == n_rows
+    assert values["samples_per_curve"] == experiments.SAMPLES[values["figure"]]["smoke"]
+    for row in values["rows"]:
+        assert row["samples"] >= values["samples_per_curve"]
+        for key, v in row.items():
+            if key.endswith(("_bound", "_log_likelihood")):
+                assert math.isfinite(v), (row["panel"], row["algorithm"], key, v)
+    return values
+
+
+def test_figure2_smoke(smoke):
+    rep = smoke("figure2")
+    values = _check_outputs(rep, 18)
+    assert {r["algorithm"] for r in values["rows"]} == {"AEVB", "Wake-Sleep"}
+    assert _png_size(rep.figure)[0] > 1000  # five panels a row
+    for row in values["rows"]:  # training raises the bound from its value at initialisation
+        if row["algorithm"] == "AEVB":
+            first, last = _first_and_last(Path(row["run"]), "train_bound")
+            assert last > first + 50, (row["panel"], first, last)
+    assert "| MNIST, N_z = 200 | Wake-Sleep |" in rep.table.read_text()
+
+
+def test_figure3_smoke(smoke):
+    rep = smoke("figure3")
+    values = _check_outputs(rep, 6)
+    mcem = [r for r in values["rows"] if r["algorithm"] == "MCEM"]
+    assert len(mcem) == 2 and all("train_bound" not in r for r in mcem)  # MCEM has no bound
+    assert {r["n_train"] for r in values["rows"]} == {1_000, 50_000}
+    for row in values["rows"]:
+        assert math.isfinite(row["test_log_likelihood"])
+        first, last = _first_and_last(Path(row["run"]), "train_log_likelihood")
+        assert last > first, (row["panel"], row["algorithm"], first, last)
+        if row["algorithm"] != "MCEM":  # log p(x) is above the bound on the same points
+            rec = runs.read_metrics(Path(row["run"]))[-1]
+            assert rec["train_log_likelihood"] > rec["train_bound_subset"] - 1.0
+    assert "log p(x) (Appendix D estimate)" in rep.table.read_text()
+
+
+def test_figure4_smoke_draws_both_manifolds(smoke):
+    rep = smoke("figure4")
+    values = _check_outputs(rep, 2)
+    assert [r["latent_dim"] for r in values["rows"]] == [2, 2]
+    assert [r["n_train"] for r in values["rows"]] == [1_769, 50_000]
+
+
+def test_figure5_smoke(smoke):
+    rep = smoke("figure5")
+    values = _check_outputs(rep, 4)
+    assert [r["latent_dim"] for r in values["rows"]] == [2, 5, 10, 20]
+    w, h = _png_size(rep.figure)
+    assert w > 3 * h  # four panels side by side
+
+
+# ------------------------------------------------------------------ resumption
+def test_rerun_keeps_finished_curves_and_resumes_interrupted_ones(
+    tmp_path, shared_data_dir, monkeypatch
+):
+    out = tmp_path / "f4"
+    # a reproduction stopped part way: its curves trained only 1 000 of the 2 000 samples
+    monkeypatch.setitem(experiments.SAMPLES["figure4"], "smoke", 1_000)
+    experiments.reproduce("figure4", "smoke", out, data_dir=shared_data_dir, progress=False)
+    frey, mnist = out / "frey-nz2" / "aevb", out / "mnist-nz2" / "aevb"
+    assert runs.read_metrics(frey)[-1]["samples_seen"] == 1_000
+    monkeypatch.setitem(experiments.SAMPLES["figure4"], "smoke", 2_000)
+    rep = experiments.reproduce("figure4", "smoke", out, data_dir=shared_data_dir, progress=False)
+    for run_dir in (frey, mnist):  # resumed, not restarted: the first 1 000 samples are kept
+        seen = [r["samples_seen"] for r in runs.read_metrics(run_dir)]
+        assert seen[-1] == 2_000 and 1_000 in seen and seen == sorted(seen)
+        runs.verify_run(run_dir)
+    # a finished reproduction trains nothing again: the runs' files stay byte for byte
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "figure4." not in p.name}
+    again = experiments.reproduce("figure4", "smoke", out, data_dir=shared_data_dir, progress=False)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "figure4." not in p.name}
+    assert before.keys() == after.keys()
+    assert all(before[p] == after[p] for p in before if p.name != experiments.MANIFEST)
+    assert again.rows == rep.rows
+
+
+def test_out_of_another_figure_is_refused(tmp_path, shared_data_dir):
+    out = tmp_path / "f4"
+    (out).mkdir()
+    (out / experiments.MANIFEST).write_text(
+        json.dumps({"figure": "figure4", "budget": "smoke", "mnist": "binarized-mnist"})
+    )
+    with pytest.raises(ConfigError, match="holds a reproduction of figure4 at budget smoke"):
+        experiments.reproduce("figure5", "smoke", out, data_dir=shared_data_dir, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not a reproduction"):
+        experiments.reproduce("figure4", "smoke", other, data_dir=shared_data_dir, progress=False)
+    assert (other / "notes.txt").read_text() == "mine"  # untouched
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["reproduce", "figure7"], "invalid choice: 'figure7'"),
+        (["reproduce", "figure2", "--budget", "huge"], "invalid choice: 'huge'"),
+        (["reproduce", "figure2", "--mnist", "fashion"], "invalid choice: 'fashion'"),
+    ],
+)
+def test_cli_bad_options_exit_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_cli_mismatched_out_exits_2(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / experiments.MANIFEST).write_text(
+        json.dumps({"figure": "figure2", "budget": "quick", "mnist": "binarized-mnist"})
+    )
+    assert main(["reproduce", "figure2", "--budget", "smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aevb: error: --out") and err.count("\n") == 1
