@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import struct
 from pathlib import Path
 
@@ -235,3 +236,36 @@ def test_cli_mismatched_out_exits_2(tmp_path, capsys):
     assert main(["reproduce", "figure2", "--budget", "smoke", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aevb: error: --out") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ the documented commands
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _documented_commands() -> list[list[str]]:
+    cmds = []
+    for doc in (ROOT / "README.md", ROOT / "docs" / "REPRODUCTION.md"):
+        for line in doc.read_text().splitlines():
+            line = line.strip().strip("`")
+            if line.startswith("aevb reproduce "):
+                cmds.append(shlex.split(line.split("#")[0])[1:])  # without "aevb"
+    return cmds
+
+
+def test_documented_reproduce_commands_parse_and_cover_every_figure():
+    from aevb.cli import build_parser
+
+    cmds = _documented_commands()
+    figs = {build_parser().parse_args(argv).figure for argv in cmds}
+    assert figs == set(experiments.FIGURES)
+
+
+def test_readme_figure4_command_runs_at_smoke_budget(tmp_path, shared_data_dir, capsys):
+    argv = next(a for a in _documented_commands() if a[1] == "figure4")
+    argv = [a if a != "quick" else "smoke" for a in argv]
+    out = tmp_path / "f4"
+    code = main(argv + ["--out", str(out), "--data-dir", str(shared_data_dir), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / "figure4.png"), str(out / "figure4.md"), str(out / "figure4.json")]
+    assert _png_size(out / "figure4.png")[0] > 300
