@@ -369,10 +369,11 @@ def _draw(proto: Protocol, results, path: Path) -> None:
             z = figures.manifold_latents(k).to(model.device)
             with torch.no_grad():
                 x = model.decode_mean(z)
-            grids.append((panel.title, figures.image_grid(x, model.config.image_shape, k)))
+            grids.append((panel.title, figures.image_grid(x, model.config.image_shape, k, pad=0)))
         else:
             n = N_SAMPLES[proto.budget]
             x = model.sample(n, torch.Generator(device=model.device).manual_seed(0))
             ncol = int(math.isqrt(n))
-            grids.append((panel.title, figures.image_grid(x, model.config.image_shape, ncol)))
+            grid = figures.image_grid(x, model.config.image_shape, ncol, pad=0)
+            grids.append((panel.title, grid))
     figures.plot_image_panels(grids, path, title=proto.title)

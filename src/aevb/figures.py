@@ -48,10 +48,18 @@ def image_grid(
     return grid
 
 
-def _save_figure(fig, path: str | Path) -> None:
+def _save_figure(fig, path: str | Path, grey: bool = False) -> None:
+    """Write ``fig`` as a PNG atomically; ``grey`` stores one channel of 64 levels (small files)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
     _pyplot().close(fig)
+    if grey:
+        from PIL import Image  # matplotlib's own dependency
+
+        # 64 grey levels: indistinguishable by eye, and the photographs compress far better
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("L").point(lambda v: v // 4 * 4)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -213,14 +221,27 @@ def plot_panels(
 def plot_image_panels(
     grids: Sequence[tuple[str, np.ndarray]], path: str | Path, *, title: str = ""
 ) -> None:
-    """Figures 4 and 5: image grids (from :func:`image_grid`) side by side, one titled panel."""
+    """Figures 4 and 5: image grids (from :func:`image_grid`) side by side, one titled panel.
+
+    Drawn at one screen pixel per image pixel (the tallest grid at least 400 pixels high), so
+    every tile stays legible.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6), dpi=100, squeeze=False)
-    for ax, (ptitle, grid) in zip(axes.flat, grids, strict=True):
-        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    dpi = 100
+    scale = max(1, math.ceil(400 / max(g.shape[0] for _, g in grids)))
+    widths = [g.shape[1] * scale / dpi for _, g in grids]
+    height = max(g.shape[0] for _, g in grids) * scale / dpi
+    gap, top = 0.25, 0.35 + (0.3 if title else 0)
+    fig = plt.figure(figsize=(sum(widths) + gap * (len(grids) + 1), height + top + 0.1), dpi=dpi)
+    fw, fh = fig.get_figwidth(), fig.get_figheight()
+    x = gap
+    for (ptitle, grid), w in zip(grids, widths, strict=True):
+        h = grid.shape[0] * scale / dpi
+        ax = fig.add_axes((x / fw, (0.1 + height - h) / fh, w / fw, h / fh))
+        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
         ax.set_title(ptitle, fontsize=9)
         ax.set_axis_off()
+        x += w + gap
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, path)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / fh, va="top")
+    _save_figure(fig, path, grey=True)
