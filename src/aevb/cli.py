@@ -656,7 +656,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("aevb: interrupted; continue a training run with --resume RUNDIR\n")
+        if args.command == "reproduce":
+            sys.stderr.write("aevb: interrupted; run the same command again to continue\n")
+        else:
+            sys.stderr.write("aevb: interrupted; continue a training run with --resume RUNDIR\n")
         return 130
 
 

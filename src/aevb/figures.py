@@ -158,14 +158,16 @@ def plot_panels(
     plt = _pyplot()
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
+    w, h = (3.0, 2.6) if ncols > 2 else (4.2, 3.2)  # inches per panel
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.0 * ncols, 2.6 * nrows + 0.6), dpi=90, squeeze=False
+        nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), dpi=90, squeeze=False
     )
     handles: dict[str, object] = {}
     for ax, (ptitle, curves) in zip(axes.flat, panels, strict=False):
         seen = [r["samples_seen"] for _, recs in curves for r in recs if r["samples_seen"] > 0]
         end = max(seen, default=1)
         start = max(min(seen, default=1), end / 1000) if xscale == "log" else 0
+        y_from = start if xscale == "log" else end / 20  # the y-range skips the first transient
         shown: list[float] = []
         for label, records in curves:
             recs = [r for r in records if r.get("samples_seen", 0) > 0]
@@ -182,7 +184,7 @@ def plot_panels(
                 xs = list(s) if xscale == "log" else [v / 1e6 for v in s]
                 (line,) = ax.plot(xs, y, style, color=color, lw=1.3)
                 handles.setdefault(f"{label} ({split})", line)
-                shown += [v for si, v in pts if si >= start and math.isfinite(v)]
+                shown += [v for si, v in pts if si >= y_from and math.isfinite(v)]
         ax.set_xscale(xscale)
         if xscale == "log":
             ax.set_xlim(start, end)
