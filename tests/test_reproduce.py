@@ -269,3 +269,10 @@ def test_readme_figure4_command_runs_at_smoke_budget(tmp_path, shared_data_dir, 
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / "figure4.png"), str(out / "figure4.md"), str(out / "figure4.json")]
     assert _png_size(out / "figure4.png")[0] > 300
+
+
+def test_doc_images_stay_small():
+    images = list((ROOT / "docs" / "figures").rglob("*.png"))
+    assert images
+    for p in images:
+        assert p.stat().st_size < 300_000, p
