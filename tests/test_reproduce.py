@@ -171,6 +171,17 @@ def test_figure5_smoke(smoke):
     assert w > 3 * h  # four panels side by side
 
 
+def test_parallel_jobs_give_the_same_curves(smoke, tmp_path, shared_data_dir):
+    """--jobs 2 trains the curves in two worker processes: same seeds, same values."""
+    seq = smoke("figure4")
+    par = experiments.reproduce(
+        "figure4", "smoke", tmp_path / "f4", data_dir=shared_data_dir, jobs=2, progress=False
+    )
+    keys = ("panel", "samples", "lr", "train_bound", "test_bound")
+    assert [[r[k] for k in keys] for r in par.rows] == [[r[k] for k in keys] for r in seq.rows]
+    assert _png_size(par.figure) == _png_size(seq.figure)
+
+
 # ------------------------------------------------------------------ resumption
 def test_rerun_keeps_finished_curves_and_resumes_interrupted_ones(
     tmp_path, shared_data_dir, monkeypatch
@@ -218,6 +229,7 @@ def test_out_of_another_figure_is_refused(tmp_path, shared_data_dir):
         (["reproduce", "figure7"], "invalid choice: 'figure7'"),
         (["reproduce", "figure2", "--budget", "huge"], "invalid choice: 'huge'"),
         (["reproduce", "figure2", "--mnist", "fashion"], "invalid choice: 'fashion'"),
+        (["reproduce", "figure2", "--jobs", "0"], "expected a positive integer"),
     ],
 )
 def test_cli_bad_options_exit_2_with_one_line(argv, needle, capsys):

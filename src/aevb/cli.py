@@ -388,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="folder holding mnist/, binarized_mnist/, frey/ (else $AEVB_DATA_DIR)"
     )
     rp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    rp.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="curves trained at once in worker processes, sharing the CPU threads (default 1)",
+    )
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -613,6 +619,7 @@ def _run(args: argparse.Namespace) -> int:
             mnist=args.mnist,
             data_dir=args.data_dir,
             device=args.device,
+            jobs=args.jobs,
             progress=not args.quiet,
         )
         print(f"{res.figure}\n{res.table}\n{res.json}")

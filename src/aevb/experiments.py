@@ -203,6 +203,26 @@ def _finished(run_dir: Path, samples: int) -> bool:
     return bool(records) and records[-1].get("samples_seen", 0) >= samples
 
 
+def _train_curve(
+    run_dir: Path,
+    options: dict,
+    samples: int,
+    data_dir: str | Path | None,
+    device: str,
+    progress: bool,
+    threads: int | None = None,
+) -> None:
+    """Train one curve to ``samples``: start it, resume it, or leave it if it is done."""
+    if threads is not None:  # a worker process of a parallel reproduction
+        torch.set_num_threads(threads)
+    if _finished(run_dir, samples):
+        return
+    if (run_dir / runs.CONFIG).exists():
+        api.train(resume=run_dir, budget=samples, device=device, progress=progress)
+    else:
+        api.train(out=run_dir, data_dir=data_dir, device=device, progress=progress, **options)
+
+
 def reproduce(
     figure: str,
     budget: str = "quick",
@@ -211,6 +231,7 @@ def reproduce(
     mnist: str = "binarized-mnist",
     data_dir: str | Path | None = None,
     device: str = "auto",
+    jobs: int = 1,
     progress: bool = True,
 ) -> Reproduction:
     """Run the paper's protocol for ``figure`` and write its PNG, markdown table and JSON.
@@ -219,41 +240,40 @@ def reproduce(
     curve that was interrupted resumes, so calling this again finishes a stopped reproduction.
     ``out`` defaults to ``reproductions/<figure>-<budget>``. ``mnist`` chooses the MNIST data:
     the fixed binarization (default; its 50 000 training images) or grey MNIST used as Bernoulli
-    targets (the paper-era convention; needs MNIST's training images).
+    targets (the paper-era convention; needs MNIST's training images). ``jobs`` > 1 trains that
+    many curves at once in worker processes, sharing the CPU threads between them (the models
+    are small, so on CPU two one-thread runs do more than one two-thread run).
     """
     proto = protocol(figure, budget, mnist)
+    if not 1 <= jobs <= 64:
+        raise ConfigError(f"--jobs must be between 1 and 64, got {jobs}")
     out = Path(out) if out is not None else Path("reproductions") / f"{figure}-{budget}"
     _check_out(out, proto, mnist)
     started = time.perf_counter()
-    todo = proto.runs
-    results: list[tuple[Panel, Curve, api.Run]] = []
-    for i, (panel, curve) in enumerate(todo, 1):
-        run_dir = out / panel.key / curve.algorithm
-        where = (
-            f"{proto.figure} [{budget}] run {i}/{len(todo)}: {_plain(panel.title)} · {curve.label}"
-        )
-        if _finished(run_dir, proto.samples):
+    todo = [(p, c, out / p.key / c.algorithm) for p, c in proto.runs]
+    n = len(todo)
+
+    def where(i: int, panel: Panel, curve: Curve) -> str:
+        return f"{proto.figure} [{budget}] run {i}/{n}: {_plain(panel.title)} · {curve.label}"
+
+    if jobs == 1:
+        for i, (panel, curve, run_dir) in enumerate(todo, 1):
             if progress:
-                tqdm.write(f"{where}: trained already ({run_dir})")
-            model = api.load(run_dir)
-            run = api.Run(run_dir, model, runs.read_config(run_dir), runs.read_metrics(run_dir))
-        else:
-            resume = (run_dir / runs.CONFIG).exists()
-            if progress:
-                tqdm.write(f"{where}: {'resuming' if resume else 'training'} in {run_dir}")
-            if resume:
-                run = api.train(
-                    resume=run_dir, budget=proto.samples, device=device, progress=progress
+                state = (
+                    "trained already"
+                    if _finished(run_dir, proto.samples)
+                    else "resuming"
+                    if (run_dir / runs.CONFIG).exists()
+                    else "training"
                 )
-            else:
-                run = api.train(
-                    out=run_dir,
-                    data_dir=data_dir,
-                    device=device,
-                    progress=progress,
-                    **curve.options,
-                )
-        results.append((panel, curve, run))
+                tqdm.write(f"{where(i, panel, curve)}: {state} in {run_dir}")
+            _train_curve(run_dir, curve.options, proto.samples, data_dir, device, progress)
+    else:
+        _train_parallel(proto, todo, data_dir, device, jobs, progress, where)
+    results = [
+        (p, c, api.Run(d, api.load(d), runs.read_config(d), runs.read_metrics(d)))
+        for p, c, d in todo
+    ]
     rows = [_row(proto, panel, curve, run) for panel, curve, run in results]
     fig_path = out / f"{figure}.png"
     _draw(proto, results, fig_path)
@@ -276,6 +296,41 @@ def reproduce(
     if progress:
         tqdm.write(f"{figure}: figure {fig_path}, table {table}, values {js}")
     return Reproduction(out, fig_path, table, js, rows)
+
+
+def _train_parallel(proto, todo, data_dir, device, jobs, progress, where) -> None:
+    """Train the curves in ``jobs`` spawned worker processes; one line per finished curve."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")  # torch state is not fork-safe
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(
+                _train_curve, d, c.options, proto.samples, data_dir, device, False, threads
+            ): (i, p, c, d)
+            for i, (p, c, d) in enumerate(todo, 1)
+        }
+        bar = tqdm(total=len(todo), unit="curve", disable=not progress, desc=proto.figure)
+        try:
+            for fut in as_completed(futures):
+                i, p, c, d = futures[fut]
+                fut.result()  # a worker's error (ConfigError, DataError, ...) is raised here
+                bar.update(1)
+                if progress:
+                    last = runs.read_metrics(d)[-1]
+                    vals = "  ".join(
+                        f"{k} {last[k]:.2f}"
+                        for k in ("train_bound", "test_bound", "test_log_likelihood")
+                        if k in last
+                    )
+                    tqdm.write(f"{where(i, p, c)}: done ({vals})")
+        finally:
+            bar.close()
+            for fut in futures:
+                fut.cancel()
 
 
 def _plain(title: str) -> str:
