@@ -152,8 +152,8 @@ def plot_panels(
     """Figures 2 and 3: one panel per setting, each with several runs' train and test curves.
 
     ``panels`` holds (panel title, [(run label, metrics records)]). Train solid, test dashed; a
-    log x-axis of training samples (Figure 2) or a linear one in millions (Figure 3). The x-range
-    covers the last three decades of training and the y-range the values there, as in the paper.
+    log x-axis of training samples (Figure 2; it spans the last three decades of training) or a
+    linear one in millions (Figure 3). The y-range fits the values shown past the first transient.
     """
     plt = _pyplot()
     ncols = min(ncols, len(panels))
@@ -225,8 +225,8 @@ def plot_image_panels(
 ) -> None:
     """Figures 4 and 5: image grids (from :func:`image_grid`) side by side, one titled panel.
 
-    Drawn at one screen pixel per image pixel (the tallest grid at least 400 pixels high), so
-    every tile stays legible.
+    Drawn at a whole number of screen pixels per image pixel (the tallest grid at least 400
+    pixels high), so every tile stays sharp and legible.
     """
     plt = _pyplot()
     dpi = 100
