@@ -524,6 +524,7 @@ def cli_stubs(monkeypatch, tmp_path_factory):
 
     monkeypatch.setenv("AEVB_OFFLINE", "1")
     monkeypatch.setenv("AEVB_DATA_DIR", str(tmp_path_factory.mktemp("empty-data")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # default outputs (reproductions/) land here
     monkeypatch.setattr(training.Trainer, "run", lambda self: [])
     monkeypatch.setattr(aevb.api, "choose_lr", lambda *a, **k: (0.02, {"stub": True}))
     monkeypatch.setattr(aevb.api, "draw_run_figures", lambda *a, **k: [])
