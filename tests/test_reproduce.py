@@ -182,6 +182,27 @@ def test_parallel_jobs_give_the_same_curves(smoke, tmp_path, shared_data_dir):
     assert _png_size(par.figure) == _png_size(seq.figure)
 
 
+def test_grey_mnist_reproduction(shared_data_dir, tmp_path, monkeypatch):
+    """--mnist mnist: grey MNIST as Bernoulli targets, the paper-era convention. MNIST's training
+    images are not in the shared folder: a stand-in training file of 2 000 test images serves."""
+    from test_data_real import _small_mnist_dir
+
+    monkeypatch.setenv("AEVB_VERIFY", "0")  # the stand-in file has no published checksum
+    data_dir = _small_mnist_dir(shared_data_dir, tmp_path, 2_000, raw=True)
+    rep = experiments.reproduce(
+        "figure5", "smoke", tmp_path / "f5", mnist="mnist", data_dir=data_dir, progress=False
+    )
+    values = json.loads(rep.json.read_text())
+    assert values["mnist"] == "mnist" and len(values["rows"]) == 4
+    for row in values["rows"]:
+        cfg = runs.read_config(Path(row["run"]))
+        assert (cfg["data"]["spec"], cfg["train"]["binarize"]) == ("mnist", "grey")
+        assert row["n_train"] == 2_000 and math.isfinite(row["test_bound"])
+        first, last = _first_and_last(Path(row["run"]), "train_bound")
+        assert last > first + 50
+    assert "MNIST data: `mnist`" in rep.table.read_text()
+
+
 # ------------------------------------------------------------------ resumption
 def test_rerun_keeps_finished_curves_and_resumes_interrupted_ones(
     tmp_path, shared_data_dir, monkeypatch
