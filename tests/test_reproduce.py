@@ -324,3 +324,42 @@ def test_doc_images_stay_small():
     assert images
     for p in images:
         assert p.stat().st_size < 300_000, p
+
+
+def test_ctrl_c_stops_with_one_line_and_the_same_command_continues(tmp_path, shared_data_dir):
+    """SIGINT in the middle of a curve: exit 130 and a line saying to rerun; the rerun finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "f4"
+    argv = [sys.executable, "-m", "aevb", "reproduce", "figure4", "--budget", "smoke"]
+    argv += ["--out", str(out), "--data-dir", str(shared_data_dir)]
+    env = dict(os.environ, AEVB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # a budget long enough to be inside the first curve's training when the signal comes
+    slow = argv[:4] + ["--quiet"] + argv[4:]
+    code = "import sys; from aevb import experiments, cli\n"
+    code += "experiments.SAMPLES['figure4']['smoke'] = 10**7\n"
+    code += f"sys.exit(cli.main({slow[3:]!r}))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
+    )
+    first = out / "frey-nz2" / "aevb"
+    deadline = time.monotonic() + 120
+    while not (first / runs.CONFIG).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # training is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "aevb: interrupted; run the same command again to continue"
+    )
+    assert not (out / "figure4.png").exists()
+    # the same command (at the real smoke budget) resumes the stopped curve and finishes
+    res = subprocess.run(argv + ["--quiet"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "figure4.png").is_file()
+    assert runs.read_metrics(first)[-1]["samples_seen"] >= experiments.SAMPLES["figure4"]["smoke"]
