@@ -274,7 +274,7 @@ def reproduce(
         (p, c, api.Run(d, api.load(d), runs.read_config(d), runs.read_metrics(d)))
         for p, c, d in todo
     ]
-    rows = [_row(proto, panel, curve, run) for panel, curve, run in results]
+    rows = [_row(panel, curve, run) for panel, curve, run in results]
     fig_path = out / f"{figure}.png"
     _draw(proto, results, fig_path)
     table = out / f"{figure}.md"
@@ -346,7 +346,7 @@ def _final(records: list[dict], split: str, metric: str) -> tuple[float | None, 
     return None, None
 
 
-def _row(proto: Protocol, panel: Panel, curve: Curve, run: api.Run) -> dict:
+def _row(panel: Panel, curve: Curve, run: api.Run) -> dict:
     last = run.metrics[-1] if run.metrics else {}
     row = {
         "panel": panel.key,
