@@ -1,4 +1,5 @@
-"""Checks shared by the fast-engine tests (test_fast.py, test_fast_wake_sleep.py)."""
+"""The small model, data and checks shared by the fast-engine tests (test_fast.py,
+test_fast_wake_sleep.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,31 @@ from pathlib import Path
 import torch
 
 from aevb import runs
+from aevb.model import VAE, ModelConfig
 from aevb.training import Trainer
+
+X_DIM, Z_DIM, HIDDEN, M = 30, 4, 16, 12
+
+
+def make_model(likelihood="bernoulli", activation="tanh", dtype=torch.float64, depth=1, seed=1):
+    cfg = ModelConfig(
+        x_dim=X_DIM,
+        latent_dim=Z_DIM,
+        hidden=HIDDEN,
+        depth=depth,
+        activation=activation,
+        likelihood=likelihood,
+    )
+    model = VAE(cfg).to(dtype)
+    # larger than the paper's 0.01 so that every term of the gradient matters
+    model.init_parameters(0.3, torch.Generator().manual_seed(seed))
+    return model
+
+
+def make_data(likelihood, dtype, n=M, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, X_DIM, generator=g, dtype=dtype)
+    return (x > 0.6).to(dtype) if likelihood == "bernoulli" else x
 
 
 def assert_resume_is_bitwise_exact(trainer: Callable[[int], Trainer], tmp_path: Path) -> None:

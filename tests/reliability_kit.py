@@ -13,15 +13,27 @@ Protocol: one JSON object a line on stdin, one answer a line on stdout:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import sklearn.datasets  # noqa: F401  (the embedded digits data: imported once, in the server)
 import torch
 
 import aevb.cli
 from aevb import runs
+
+
+def add_to_tally_file(tally: dict[str, int]) -> None:
+    """Add a test module's trial counts to the JSON file $AEVB_RELIABILITY_TALLY names, if any."""
+    path = os.environ.get("AEVB_RELIABILITY_TALLY")
+    if path:
+        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+        for k, v in tally.items():
+            old[k] = old.get(k, 0) + v
+        Path(path).write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
 
 
 def _die() -> None:

@@ -11,35 +11,11 @@ import itertools
 
 import pytest
 import torch
-from fast_checks import assert_resume_is_bitwise_exact
+from fast_checks import M, assert_resume_is_bitwise_exact, make_data, make_model
 
 from aevb.errors import ConfigError
 from aevb.fast import FastStep, tune_allocator, unsupported_reason
-from aevb.model import VAE, ModelConfig
 from aevb.training import AEVB, TrainConfig, Trainer, make_optimizer
-
-X_DIM, Z_DIM, HIDDEN, M = 30, 4, 16, 12
-
-
-def make_model(likelihood="bernoulli", activation="tanh", dtype=torch.float64, depth=1, seed=1):
-    cfg = ModelConfig(
-        x_dim=X_DIM,
-        latent_dim=Z_DIM,
-        hidden=HIDDEN,
-        depth=depth,
-        activation=activation,
-        likelihood=likelihood,
-    )
-    model = VAE(cfg).to(dtype)
-    # larger than the paper's 0.01 so that every term of the gradient matters
-    model.init_parameters(0.3, torch.Generator().manual_seed(seed))
-    return model
-
-
-def make_data(likelihood, dtype, n=M, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, X_DIM, generator=g, dtype=dtype)
-    return (x > 0.6).to(dtype) if likelihood == "bernoulli" else x
 
 
 def reference_gradients(model, x, estimator, samples, seed, device="cpu"):

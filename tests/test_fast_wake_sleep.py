@@ -8,35 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_checks import assert_resume_is_bitwise_exact
+from fast_checks import M, assert_resume_is_bitwise_exact, make_data, make_model
 
 from aevb.algorithms import WakeSleep
 from aevb.errors import ConfigError
 from aevb.fast import FastWakeSleepStep
-from aevb.model import VAE, ModelConfig
 from aevb.training import TrainConfig, Trainer
-
-X_DIM, Z_DIM, HIDDEN, M = 30, 4, 16, 12
-
-
-def make_model(likelihood="bernoulli", activation="tanh", dtype=torch.float64, depth=1):
-    cfg = ModelConfig(
-        x_dim=X_DIM,
-        latent_dim=Z_DIM,
-        hidden=HIDDEN,
-        depth=depth,
-        activation=activation,
-        likelihood=likelihood,
-    )
-    model = VAE(cfg).to(dtype)
-    # larger than the paper's 0.01 so that every term of the gradient matters
-    model.init_parameters(0.3, torch.Generator().manual_seed(1))
-    return model
-
-
-def make_data(likelihood, dtype, n=M, seed=2):
-    x = torch.rand(n, X_DIM, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return (x > 0.6).to(dtype) if likelihood == "bernoulli" else x
 
 
 def make_alg(engine, likelihood="bernoulli", optimizer="adagrad", dtype=torch.float64, **kw):

@@ -14,16 +14,6 @@ import torch
 
 from aevb import hmc
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids OpenMP overhead (and contention on shared CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MEAN = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 COV = (
     torch.tensor([[1.0, 0.6, 0.0], [0.6, 1.0, -0.3], [0.0, -0.3, 0.25]], dtype=torch.float64) * 4.0

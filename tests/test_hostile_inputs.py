@@ -14,7 +14,6 @@ import contextlib
 import gzip
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from reliability_kit import add_to_tally_file
 
 from aevb.data import load_dataset
 from aevb.data.frey import read_frey
@@ -47,12 +47,7 @@ FAST = settings(
 @pytest.fixture(scope="module", autouse=True)
 def _tally():
     yield
-    path = os.environ.get("AEVB_RELIABILITY_TALLY")
-    if path:
-        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        for k, v in TALLY.items():
-            old[k] = old.get(k, 0) + v
-        Path(path).write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    add_to_tally_file(TALLY)
 
 
 class Hang(Exception):

@@ -29,15 +29,6 @@ from aevb.errors import ConfigError
 N_POINTS = 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids OpenMP overhead (and contention on shared CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def quadrature(model, x: torch.Tensor, n_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x), ELBO) per point by a Riemann sum over a uniform grid of z (float64)."""
     j = model.config.latent_dim

@@ -28,6 +28,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability_kit import add_to_tally_file
 from safetensors.torch import load_file
 
 import aevb
@@ -59,12 +60,7 @@ SMALL = dict(
 @pytest.fixture(scope="module", autouse=True)
 def _tally():
     yield
-    path = os.environ.get("AEVB_RELIABILITY_TALLY")
-    if path:
-        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        for k, v in TALLY.items():
-            old[k] = old.get(k, 0) + v
-        Path(path).write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    add_to_tally_file(TALLY)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -149,12 +149,7 @@ def _prepare_out(out: str | Path) -> Path:
                 "or choose a new directory"
             )
         raise ConfigError(f"--out {out} is not empty; choose a new or empty directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(
-            f"--out {out} cannot be created ({e.strerror}); choose another path"
-        ) from None
+    runs.make_dir(out)
     runs.check_writable(out)
     for p in out.iterdir():  # leftovers only, by the test above
         if p.is_file():

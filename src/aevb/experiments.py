@@ -186,12 +186,7 @@ def _check_out(out: Path, proto: Protocol, mnist: str) -> None:
             )
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not a reproduction; choose a new directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(
-            f"--out {out} cannot be created ({e.strerror}); choose another path"
-        ) from None
+    runs.make_dir(out)
     runs.atomic_write_json(out / MANIFEST, {**want, "samples_per_curve": proto.samples})
 
 

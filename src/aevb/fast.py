@@ -294,7 +294,7 @@ class FastStep:
         s = 1.0 / n
         b = self._bufs(m)
         W1, b1, We, be, Wd1, bd1, Wd2, bd2 = self._w
-        gW1, gb1, gWe, gbe, gWd1, gbd1, gWd2, gbd2 = self._g
+        gW1, gb1, gWe, gbe = self._g[:4]  # the decoder's: _decoder_backward
 
         # ---- forward: encoder, reparameterised z, decoder
         h1 = self._hidden(b1, x, W1, b.h1)
@@ -312,13 +312,7 @@ class FastStep:
         logp = self._gaussian(x, b, n) if self.gaussian else self._bernoulli(x, b, n)
 
         # ---- backward through the decoder (the factor s folded into alpha)
-        go = b.go
-        gWd2.addmm_(go.t(), h2, beta=0, alpha=s)
-        torch.sum(go, 0, out=gbd2).mul_(s)
-        gh2 = b.gh2.addmm_(go, Wd2, beta=0, alpha=s)
-        self._act_backward(gh2, h2)
-        gWd1.addmm_(gh2.t(), z, beta=0)
-        torch.sum(gh2, 0, out=gbd1)
+        gh2 = self._decoder_backward(b, z, s)
         gz = torch.mm(gh2, Wd1, out=b.gz)
 
         # ---- the latent layer: reparameterisation and the KL / log-density terms
@@ -367,6 +361,20 @@ class FastStep:
         # tanh on CPU; the factor 2 rides on the matrix product. Equal to within a unit roundoff.
         torch.addmm(bias, inp, weight.t(), beta=2.0, alpha=2.0, out=out).sigmoid_()
         return out.mul_(2.0).sub_(1.0)
+
+    def _decoder_backward(self, b: SimpleNamespace, z: Tensor, s: float) -> Tensor:
+        """Decoder weight gradients from b.go = -d log p(x|z) / d output (scaled by s here);
+        returns the gradient at the decoder's hidden pre-activation (for the gradient in z)."""
+        _, _, _, _, _, _, Wd2, _ = self._w
+        _, _, _, _, gWd1, gbd1, gWd2, gbd2 = self._g
+        go, h2 = b.go, b.h2
+        gWd2.addmm_(go.t(), h2, beta=0, alpha=s)
+        torch.sum(go, 0, out=gbd2).mul_(s)
+        gh2 = b.gh2.addmm_(go, Wd2, beta=0, alpha=s)
+        self._act_backward(gh2, h2)
+        gWd1.addmm_(gh2.t(), z, beta=0)
+        torch.sum(gh2, 0, out=gbd1)
+        return gh2
 
     def _act_backward(self, g: Tensor, h: Tensor) -> None:
         """g <- g * act'(pre-activation), from the activation's output h."""
@@ -516,7 +524,7 @@ class FastWakeSleepStep(FastStep):
         s = 1.0 / m
         b = self._bufs(m)
         W1, b1, We, be, Wd1, bd1, Wd2, bd2 = self._w
-        gW1, gb1, gWe, gbe, gWd1, gbd1, gWd2, gbd2 = self._g
+        gW1, gb1, gWe, gbe = self._g[:4]  # the decoder's: _decoder_backward
         mu, lv, std = b.mu, b.lv, b.std
 
         # ---- wake: z ~ q(z|x) as q.rsample(1, generator), held fixed
@@ -550,13 +558,7 @@ class FastWakeSleepStep(FastStep):
             torch.gt(b.xd, b.ud, out=b.xd)  # x_d = [u < y]
 
         # ---- wake backward: -mean log p(x|z) w.r.t. the decoder (log p(z) has no theta)
-        go, h2 = b.go, b.h2
-        gWd2.addmm_(go.t(), h2, beta=0, alpha=s)
-        torch.sum(go, 0, out=gbd2).mul_(s)
-        gh2 = b.gh2.addmm_(go, Wd2, beta=0, alpha=s)
-        self._act_backward(gh2, h2)
-        gWd1.addmm_(gh2.t(), z, beta=0)
-        torch.sum(gh2, 0, out=gbd1)
+        self._decoder_backward(b, z, s)
 
         # ---- sleep: -mean log q(z_d|x_d) w.r.t. the encoder
         xd = b.xd

@@ -660,6 +660,18 @@ def convert(run_dir: str | Path, cfg: dict) -> dict:
     return cfg
 
 
+def make_dir(directory: str | Path, what: str = "--out") -> Path:
+    """Create ``directory`` and its parents if missing; a ConfigError naming it if that fails."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"{what} {directory} cannot be created ({e.strerror}); choose another path"
+        ) from None
+    return directory
+
+
 def check_writable(directory: str | Path, what: str = "--out") -> None:
     """Create, flush and remove a probe file: a ConfigError now rather than a failure later."""
     directory = Path(directory)
