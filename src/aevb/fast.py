@@ -400,7 +400,9 @@ class FastStep:
         mean, q, r = b.t1, b.t2, b.t3
         torch.sigmoid(raw, out=mean)
         torch.sub(mean.view(L, m, D), x, out=r.view(L, m, D))  # r = mean - x
-        torch.div(r, torch.exp(lv, out=q), out=q)  # q = (mean - x) exp(-logvar)
+        # q = (mean - x) exp(-logvar); exp of a contiguous copy: torch's exp of the strided
+        # slice parallelises poorly (54 us against 25 us for copy + exp, 100 x 560, 2 threads)
+        torch.div(r, q.copy_(lv).exp_(), out=q)
         # log p = -1/2 sum(log 2 pi + logvar + (x - mean)^2 exp(-logvar))
         logp = (torch.dot(q.view(-1), r.view(-1)) + lv.sum() + float(n * D) * LOG_2PI) * -0.5
         # -d log p / d logvar = (1 - (x - mean)^2 exp(-logvar)) / 2
