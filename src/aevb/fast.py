@@ -336,8 +336,8 @@ class FastStep:
             gmu.add_(mu, alpha=kw)  # d KL / d mu = mu
             torch.mul(std, std, out=tj)
             glv.add_(tj, alpha=0.5 * kw).sub_(0.5 * kw)  # d KL / d logvar = (s^2 - 1) / 2
-            # sum of KL over the minibatch: -1/2 sum(1 + logvar - mu^2 - s^2)
-            kl = (tj.sum() + mu.square().sum() - lv.sum() - float(m * J)) * 0.5
+            # sum of KL over the minibatch: -1/2 sum(1 + logvar - mu^2 - s^2); tj <- s^2 + mu^2
+            kl = (tj.addcmul_(mu, mu).sum() - lv.sum() - float(m * J)) * 0.5
             bound = (logp * (1.0 / L) - kl) * inv_m
         else:
             glv.sub_(0.5 * kw)  # d(log q)/d logvar = -1/2 per sample
