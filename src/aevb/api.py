@@ -189,7 +189,9 @@ def choose_lr(
     )
     scores: dict[str, float] = {}
     for lr in LR_CANDIDATES[tcfg.optimizer]:
-        trial = dataclasses.replace(tcfg, lr=lr, budget=n_trial, epochs=None)
+        trial = dataclasses.replace(  # the trial compares constant starting step sizes
+            tcfg, lr=lr, budget=n_trial, epochs=None, lr_schedule="constant", lr_min=0.0
+        )
         model = _build_model(mcfg, trial, device, train_x)
         alg = ALGORITHMS[trial.algorithm](model, trial, len(train_x), lr)
         t = Trainer(alg, train_x, None, trial, progress=progress, evaluate_points=False)
@@ -246,6 +248,8 @@ def train(
     checkpoint_samples: int | None = None,
     kl_beta: float = 1.0,
     kl_warmup: int | None = None,
+    lr_schedule: str = "constant",
+    lr_min: float = 0.0,
     keep: str = "last",
     patience: int | None = None,
     decoder_bias_init: bool = False,
@@ -281,8 +285,11 @@ def train(
 
     Day-to-day options (docs/GUIDE.md): ``kl_beta`` weights the KL term of the training objective
     and ``kl_warmup`` ramps that weight linearly from 0 over so many samples (the run is marked,
-    and the bounds it reports stay the true beta = 1 bounds); ``keep="best"`` also keeps the model
-    with the best validation bound as best_model.safetensors, ``patience`` = P stops after P
+    and the bounds it reports stay the true beta = 1 bounds); ``lr_schedule`` "cosine" or
+    "linear" decays the step size from ``lr`` to ``lr_min`` over the budget (the evaluations log
+    it as ``lr``; the "auto" step-size trial runs at constant step sizes); ``keep="best"`` also
+    keeps the model with the best validation bound as best_model.safetensors, ``patience`` = P
+    stops after P
     evaluations without a better one (both need ``validation``); ``decoder_bias_init`` starts the
     decoder's bias at the logit of the training-set mean; ``precision="bf16"`` autocasts the step
     to bfloat16 on CUDA (an error on CPU); ``tensorboard`` writes event files to RUNDIR/tensorboard.
@@ -338,6 +345,8 @@ def train(
         eval_marginal_points=eval_marginal_points,
         kl_beta=kl_beta,
         kl_warmup=kl_warmup,
+        lr_schedule=lr_schedule,
+        lr_min=lr_min,
         keep=keep,
         patience=patience,
         decoder_bias_init=decoder_bias_init,

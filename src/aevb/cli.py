@@ -225,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="raise the KL weight linearly from 0 over this many training samples",
     )
     d.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine", "linear"],
+        default="constant",
+        help="decay the step size from --lr to --lr-min over the budget (default: constant, "
+        "the paper's)",
+    )
+    d.add_argument(
+        "--lr-min",
+        type=float,
+        default=0.0,
+        help="the step size a cosine or linear schedule ends at (default 0)",
+    )
+    d.add_argument(
         "--keep",
         choices=["last", "best"],
         default="last",
@@ -482,6 +495,8 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_samples=args.checkpoint_samples,
             kl_beta=args.kl_beta,
             kl_warmup=args.kl_warmup,
+            lr_schedule=args.lr_schedule,
+            lr_min=args.lr_min,
             keep=args.keep,
             patience=args.patience,
             decoder_bias_init=args.decoder_bias_init,

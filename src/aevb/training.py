@@ -40,6 +40,7 @@ from .tracking import RunTracker
 
 OPTIMIZERS = ("adagrad", "adam")
 ENGINES = ("auto", "fast", "autograd")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
 """`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
 
@@ -81,6 +82,8 @@ class TrainConfig:
     # ---- day-to-day options (issue 11); the defaults leave training exactly as the paper's
     kl_beta: float = 1.0  # weight of the KL term in the training objective (1: the bound itself)
     kl_warmup: int | None = None  # that weight rises linearly from 0 over this many samples
+    lr_schedule: str = "constant"  # "cosine" or "linear": decay the step size over the budget
+    lr_min: float = 0.0  # the step size the decay ends at
     keep: str = "last"  # "best": also keep the model with the best validation bound
     patience: int | None = None  # stop after this many evaluations without a better valid bound
     decoder_bias_init: bool = False  # decoder output bias = logit of the training-set mean
@@ -98,6 +101,19 @@ class TrainConfig:
         if self.kl_warmup is not None:
             w *= min(1.0, samples_seen / self.kl_warmup)
         return w
+
+    def lr_at(self, initial_lr: float, samples_seen: int, total: int) -> float:
+        """The step size after ``samples_seen`` of ``total`` training samples (``lr_schedule``).
+
+        cosine: lr_min + (lr - lr_min) (1 + cos(pi t)) / 2; linear: lr - (lr - lr_min) t, with
+        t = samples_seen / total; a parameter group whose own step size is below lr_min keeps it.
+        """
+        if self.lr_schedule == "constant":
+            return initial_lr
+        t = min(1.0, max(0.0, samples_seen / max(1, total)))
+        shape = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_schedule == "cosine" else 1.0 - t
+        low = min(float(self.lr_min), initial_lr)
+        return low + (initial_lr - low) * shape
 
     def __post_init__(self) -> None:
         if self.estimator not in ("A", "B", "iwae"):
@@ -156,6 +172,18 @@ class TrainConfig:
                 "--kl-beta and --kl-warmup weight the KL term of AEVB's estimators A and B; "
                 f"drop them for algorithm {self.algorithm!r}, estimator {self.estimator!r}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}"
+            )
+        if not (math.isfinite(float(self.lr_min)) and self.lr_min >= 0):
+            raise ConfigError(f"--lr-min must be a number >= 0, got {self.lr_min}")
+        if self.lr_min and self.lr_schedule == "constant":
+            raise ConfigError(
+                "--lr-min is where a decaying step size ends; add --lr-schedule cosine"
+            )
+        if self.lr_min and not isinstance(self.lr, str) and self.lr_min >= self.lr:
+            raise ConfigError(f"--lr-min ({self.lr_min:g}) must be below --lr ({self.lr:g})")
         if self.keep not in ("last", "best"):
             raise ConfigError(f"unknown --keep {self.keep!r}; choose last or best")
         if self.patience is not None and int(self.patience) < 1:
@@ -497,6 +525,7 @@ class Trainer:
             self.total = config.epochs * self.steps_per_epoch * m
         else:
             self.total = int(math.ceil((config.budget or 1_000_000) / m)) * m
+        self.horizon = self.total  # the step-size schedule's length (total may be cut short)
         self.schedule = (
             eval_schedule(self.total, m, config.eval_per_decade) if evaluate_points else []
         )
@@ -513,6 +542,8 @@ class Trainer:
         self._rank_noise()
         # model selection on the validation split, and TensorBoard files (aevb.selection/tracking)
         self.valid_x = valid_x
+        for g in algorithm.optimizer.param_groups:  # the schedule's start (saved with the state)
+            g.setdefault("initial_lr", g["lr"])
         grace = self.steps_per_epoch * m  # patience counts from the end of the first epoch
         self.selection = Selection(self.run_dir, config.keep, config.patience, grace)
         self.tracker = RunTracker(self.run_dir) if config.tensorboard and self.run_dir else None
@@ -557,6 +588,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Train and test bounds (mean and standard error over points) at the current step."""
         rec: dict = {"samples_seen": self.samples_seen, "seconds": round(self.seconds, 3)}
+        if self.config.lr_schedule != "constant":  # the step size of the last step taken
+            rec["lr"] = float(self.alg.optimizer.param_groups[0]["lr"])
         distributed.check_replicas(self.model.parameters())  # the ranks hold the same model
         ranks = (self.rank,) if self.world > 1 else ()  # each rank its own evaluation noise
         g = torch.Generator(device=self.train_x.device).manual_seed(
@@ -727,6 +760,7 @@ class Trainer:
         if note and self.progress:
             tqdm.write(f"engine: {note}")
         n_running = 0
+        scheduled = c.lr_schedule != "constant"
         last_ckpt = time.monotonic()
         last_ckpt_samples = self.samples_seen
         p0 = next(iter(self.model.parameters()), None)
@@ -741,6 +775,8 @@ class Trainer:
                 lo = pos * m + self.rank * self.local_batch  # this rank's part of the minibatch
                 idx = perm[lo : lo + self.local_batch]
                 torch.index_select(x, 0, idx, out=xb)
+                if scheduled:
+                    self._schedule_lr()
                 if self.alg.needs_index:
                     bound = self.alg.step(xb, self.noise, index=idx)
                 else:
@@ -781,6 +817,11 @@ class Trainer:
         finally:
             bar.close()
         return records
+
+    def _schedule_lr(self) -> None:
+        """Set every parameter group's step size for the next step (TrainConfig.lr_at)."""
+        for g in self.alg.optimizer.param_groups:
+            g["lr"] = self.config.lr_at(g["initial_lr"], self.samples_seen, self.horizon)
 
     def _log(self, rec: dict) -> dict:
         if not all(math.isfinite(v) for v in rec.values() if isinstance(v, float)):

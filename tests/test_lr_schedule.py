@@ -1,0 +1,118 @@
+"""Step-size schedules (--lr-schedule cosine|linear, --lr-min): values, engines, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from fast_checks import M, make_data, make_model
+
+from aevb import api, runs
+from aevb.errors import ConfigError
+from aevb.training import AEVB, TrainConfig, Trainer
+
+
+def test_lr_at_follows_the_formulas():
+    cos = TrainConfig(lr=0.1, lr_schedule="cosine", lr_min=0.02)
+    lin = TrainConfig(lr=0.1, lr_schedule="linear", lr_min=0.02)
+    for t in (0.0, 0.1, 0.25, 0.5, 0.9, 1.0):
+        s = round(t * 1000)
+        assert cos.lr_at(0.1, s, 1000) == pytest.approx(
+            0.02 + 0.08 * 0.5 * (1 + math.cos(math.pi * t)), rel=1e-12
+        )
+        assert lin.lr_at(0.1, s, 1000) == pytest.approx(0.1 - 0.08 * t, rel=1e-12)
+    assert cos.lr_at(0.1, 500, 1000) == pytest.approx(0.06)  # halfway: the mean of the two ends
+    assert cos.lr_at(0.1, 5000, 1000) == pytest.approx(0.02)  # past the end: stays at lr_min
+    assert cos.lr_at(0.01, 500, 1000) == 0.01  # a group already below lr_min keeps its step size
+    assert TrainConfig(lr=0.1).lr_at(0.1, 500, 1000) == 0.1  # constant: the paper's
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"lr_schedule": "step"}, "unknown --lr-schedule 'step'"),
+        ({"lr_schedule": "cosine", "lr_min": -1.0}, "--lr-min must be a number >= 0"),
+        ({"lr_schedule": "cosine", "lr_min": float("nan")}, "--lr-min must be a number >= 0"),
+        ({"lr_min": 0.001}, "add --lr-schedule cosine"),
+        ({"lr_schedule": "linear", "lr": 0.01, "lr_min": 0.01}, "must be below --lr"),
+    ],
+)
+def test_bad_schedule_options_are_one_clear_error(options, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**options)
+
+
+def _trainer(engine: str, schedule: str, budget: int = 1200, data=None) -> Trainer:
+    data = make_data("bernoulli", torch.float64, n=4 * M, seed=3) if data is None else data
+    cfg = TrainConfig(
+        lr=0.05, lr_schedule=schedule, budget=budget, batch_size=M, engine=engine, seed=4
+    )
+    alg = AEVB(make_model(), cfg, len(data), 0.05)
+    assert alg.engine == engine
+    return Trainer(alg, data, None, cfg, progress=False, evaluate_points=False)
+
+
+def test_fast_and_autograd_engines_follow_the_same_schedule():
+    fast, ref, flat = _trainer("fast", "cosine"), _trainer("autograd", "cosine"), None
+    for t in (fast, ref):
+        t.run()
+    flat = _trainer("fast", "constant")
+    flat.run()
+    named = zip(
+        fast.model.named_parameters(), ref.model.parameters(), flat.model.parameters(), strict=True
+    )
+    for name, p, q, c in ((n, p.detach(), q.detach(), c.detach()) for (n, p), q, c in named):
+        assert float((p - q).norm() / q.norm()) < 1e-9, name
+        assert not torch.equal(p, c), name  # the schedule did change the trajectory
+    # the last step ran at lr_at(total - M of total samples)
+    last = fast.config.lr_at(0.05, fast.total - M, fast.total)
+    assert fast.alg.optimizer.param_groups[0]["lr"] == pytest.approx(last, rel=1e-15)
+    assert last < 0.05 * 0.02
+
+
+def test_resume_mid_schedule_is_bitwise_exact(tmp_path):
+    whole = _trainer("fast", "linear")
+    whole.run()
+    first = _trainer("fast", "linear")
+    first.total = 600  # stopped half way (as by Ctrl-C), the schedule still spans 1 200
+    first.run()
+    tensors, meta = first.state()
+    runs.save_tensors(tmp_path / "state.safetensors", tensors, meta)
+    tensors, meta = runs.load_tensors(tmp_path / "state.safetensors")
+    resumed = _trainer("fast", "linear")
+    resumed.load_state(tensors, meta)
+    assert resumed.alg.optimizer.param_groups[0]["initial_lr"] == 0.05
+    resumed.run()
+    for (name, p), q in zip(
+        whole.model.named_parameters(), resumed.model.parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+
+
+def test_train_logs_the_step_size_at_each_evaluation(tmp_path):
+    run = api.train(
+        "digits",
+        tmp_path / "run",
+        budget=6000,
+        lr=0.02,
+        lr_schedule="cosine",
+        lr_min=0.002,
+        batch_size=100,
+        eval_size=200,
+        progress=False,
+        draw_figures=False,
+    )
+    assert run.config["train"]["lr_schedule"] == "cosine"
+    assert run.config["train"]["lr_min"] == 0.002
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) >= 3
+    cfg = TrainConfig(lr=0.02, lr_schedule="cosine", lr_min=0.002)
+    for rec in records:  # the step size of the last step before the evaluation
+        expected = cfg.lr_at(0.02, max(0, rec["samples_seen"] - 100), 6000)
+        assert rec["lr"] == pytest.approx(expected, rel=1e-12)
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == 0.02 and all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    assert lrs[-1] == pytest.approx(0.002, abs=2e-5)
