@@ -171,6 +171,42 @@ def test_figure5_smoke(smoke):
     assert w > 3 * h  # four panels side by side
 
 
+def test_reuse_copies_the_curves_other_figures_trained(smoke, tmp_path, shared_data_dir):
+    """Figure 5's curves are Figure 2's AEVB MNIST curves and Figure 4's MNIST one: --reuse
+    copies them (metrics.jsonl holds each run's wall seconds, so equal bytes mean a copy)."""
+    fig2, fig4, fig5 = smoke("figure2"), smoke("figure4"), smoke("figure5")
+    out = tmp_path / "f5"
+    rep = experiments.reproduce(
+        "figure5", "smoke", out, data_dir=shared_data_dir, reuse=[fig2.path, fig4.path],
+        progress=False,
+    )  # fmt: skip
+    sources = {"mnist-nz2": fig4.path / "mnist-nz2" / "aevb"}
+    sources |= {f"mnist-nz{d}": fig2.path / f"mnist-nz{d}" / "aevb" for d in (5, 10, 20)}
+    for key, src in sources.items():
+        for name in (runs.METRICS, runs.MODEL):
+            assert (out / key / "aevb" / name).read_bytes() == (src / name).read_bytes(), key
+    assert json.loads(rep.json.read_text())["curves_copied_this_call"] == 4
+    own = {r["panel"]: r for r in json.loads(fig5.json.read_text())["rows"]}
+    for row in rep.rows:  # the values of the figure's own reproduction, to the last digit
+        for k, v in row.items():
+            if k.endswith(("_bound", "_bound_se")):
+                assert v == own[row["panel"]][k], (row["panel"], k)
+    assert not list(out.rglob(".*.copying"))
+    # curves of other settings match nothing: Figure 3 (100 hidden units, N_z = 3) and Figure 2
+    # at another budget share no curve with Figure 2's smoke runs
+    found = experiments._reusable([fig2.path], out)
+    assert len(found) == 18
+    for figure, budget in (("figure3", "smoke"), ("figure2", "quick")):
+        proto = experiments.protocol(figure, budget)
+        assert not any(experiments._curve_key(c, proto.samples) in found for _, c in proto.runs)
+    with pytest.raises(ConfigError, match="not a reproduction"):
+        experiments.reproduce(
+            "figure5", "smoke", tmp_path / "f5b", data_dir=shared_data_dir, reuse=[tmp_path],
+            progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "f5b").exists()  # refused before anything was written
+
+
 def test_parallel_jobs_give_the_same_curves(smoke, tmp_path, shared_data_dir):
     """--jobs 2 trains the curves in two worker processes: same seeds, same values."""
     seq = smoke("figure4")
@@ -270,6 +306,10 @@ def test_cli_mismatched_out_exits_2(tmp_path, capsys):
     assert main(["reproduce", "figure2", "--budget", "smoke", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aevb: error: --out") and err.count("\n") == 1
+    assert main(["reproduce", "figure5", "--reuse", str(tmp_path / "none"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aevb: error: --reuse {tmp_path / 'none'}: not a reproduction")
+    assert err.count("\n") == 1
 
 
 # ------------------------------------------------------------------ the documented commands

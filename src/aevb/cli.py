@@ -407,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="curves trained at once in worker processes, sharing the CPU threads (default 1)",
     )
+    rp.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another reproduction's folder: copy its curves trained with the same settings "
+        "instead of training them (repeatable)",
+    )
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -635,6 +643,7 @@ def _run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             device=args.device,
             jobs=args.jobs,
+            reuse=args.reuse,
             progress=not args.quiet,
         )
         print(f"{res.figure}\n{res.table}\n{res.json}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,6 +199,42 @@ def _finished(run_dir: Path, samples: int) -> bool:
     return bool(records) and records[-1].get("samples_seen", 0) >= samples
 
 
+def _curve_key(curve: Curve, samples: int) -> str:
+    return json.dumps({"options": curve.options, "samples": samples}, sort_keys=True)
+
+
+def _reusable(sources: list[Path], out: Path) -> dict[str, Path]:
+    """Finished curves of other reproductions, by what they trained (options and samples)."""
+    found: dict[str, Path] = {}
+    for src in sources:
+        try:
+            have = json.loads((src / MANIFEST).read_text())
+            other = protocol(have["figure"], have["budget"], have["mnist"])
+        except (OSError, ValueError, KeyError, ConfigError):
+            raise ConfigError(
+                f"--reuse {src}: not a reproduction (no readable {MANIFEST}); "
+                "give a folder that aevb reproduce wrote"
+            ) from None
+        if src.resolve() == out.resolve():
+            continue
+        for panel, curve in other.runs:
+            run_dir = src / panel.key / curve.algorithm
+            if _finished(run_dir, other.samples):
+                found.setdefault(_curve_key(curve, other.samples), run_dir)
+    return found
+
+
+def _copy_run(src: Path, dst: Path) -> None:
+    """Copy a finished run directory into place (whole or not at all)."""
+    import shutil
+
+    runs.make_dir(dst.parent)
+    tmp = dst.parent / f".{dst.name}.copying"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
+
+
 def _train_curve(
     run_dir: Path,
     options: dict,
@@ -227,6 +264,7 @@ def reproduce(
     data_dir: str | Path | None = None,
     device: str = "auto",
     jobs: int = 1,
+    reuse: Sequence[str | Path] = (),
     progress: bool = True,
 ) -> Reproduction:
     """Run the paper's protocol for ``figure`` and write its PNG, markdown table and JSON.
@@ -237,16 +275,28 @@ def reproduce(
     the fixed binarization (default; its 50 000 training images) or grey MNIST used as Bernoulli
     targets (the paper-era convention; needs MNIST's training images). ``jobs`` > 1 trains that
     many curves at once in worker processes, sharing the CPU threads between them (the models
-    are small, so on CPU two one-thread runs do more than one two-thread run).
+    are small, so on CPU two one-thread runs do more than one two-thread run). ``reuse`` names
+    other reproductions' folders: a curve not started here that one of them trained with the same
+    options and budget is copied instead of trained (Figure 5's curves are Figure 2's AEVB MNIST
+    curves and Figure 4's MNIST one).
     """
     proto = protocol(figure, budget, mnist)
     if not 1 <= jobs <= 64:
         raise ConfigError(f"--jobs must be between 1 and 64, got {jobs}")
     out = Path(out) if out is not None else Path("reproductions") / f"{figure}-{budget}"
+    found = _reusable([Path(r) for r in reuse], out)  # a bad --reuse fails before OUT is made
     _check_out(out, proto, mnist)
     started = time.perf_counter()
     todo = [(p, c, out / p.key / c.algorithm) for p, c in proto.runs]
     n = len(todo)
+    copied = 0
+    for i, (_, curve, run_dir) in enumerate(todo, 1):
+        src = found.get(_curve_key(curve, proto.samples))
+        if src is not None and not (run_dir / runs.CONFIG).exists():
+            _copy_run(src, run_dir)
+            copied += 1
+            if progress:
+                tqdm.write(f"{proto.figure} [{budget}] run {i}/{n}: copied from {src}")
 
     def where(i: int, panel: Panel, curve: Curve) -> str:
         return f"{proto.figure} [{budget}] run {i}/{n}: {_plain(panel.title)} · {curve.label}"
@@ -285,6 +335,7 @@ def reproduce(
             "samples_per_curve": proto.samples,
             "train_seconds": sum(r["seconds"] or 0.0 for r in rows),
             "this_call_seconds": round(wall, 1),
+            "curves_copied_this_call": copied,
             "rows": rows,
         },
     )
@@ -299,6 +350,11 @@ def _train_parallel(proto, todo, data_dir, device, jobs, progress, where) -> Non
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from .data import load_dataset
+
+    # a missing or broken data file: one error line here, before any worker or progress bar
+    for name in sorted({c.options["data"] for _, c, d in todo if not _finished(d, proto.samples)}):
+        load_dataset(name, data_dir=data_dir, progress=progress)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")  # torch state is not fork-safe
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
