@@ -289,10 +289,10 @@ def train(
     "linear" decays the step size from ``lr`` to ``lr_min`` over the budget (the evaluations log
     it as ``lr``; the "auto" step-size trial runs at constant step sizes); ``keep="best"`` also
     keeps the model with the best validation bound as best_model.safetensors, ``patience`` = P
-    stops after P
-    evaluations without a better one (both need ``validation``); ``decoder_bias_init`` starts the
-    decoder's bias at the logit of the training-set mean; ``precision="bf16"`` autocasts the step
-    to bfloat16 on CUDA (an error on CPU); ``tensorboard`` writes event files to RUNDIR/tensorboard.
+    stops after P evaluations without a better one (both need ``validation``);
+    ``decoder_bias_init`` starts the decoder's bias at the logit of the training-set mean;
+    ``precision="bf16"`` autocasts the step to bfloat16 on CUDA (an error on CPU); ``tensorboard``
+    writes event files to RUNDIR/tensorboard.
     ``columns`` keeps those columns of a CSV (header names or 0-based indices); ``standardize``
     z-scores each column with the training set's mean and standard deviation (stored in the run
     and undone by decode and sample), with a ``gaussian-linear`` likelihood by default.

@@ -225,13 +225,15 @@ def _reusable(sources: list[Path], out: Path) -> dict[str, Path]:
 
 
 def _copy_run(src: Path, dst: Path) -> None:
-    """Copy a finished run directory into place (whole or not at all)."""
+    """Copy a finished run directory into place (whole or not at all). ``dst`` holds no run
+    (no config.json): at most the leftovers of a curve that never started, which go."""
     import shutil
 
     runs.make_dir(dst.parent)
     tmp = dst.parent / f".{dst.name}.copying"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
 
 
