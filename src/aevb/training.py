@@ -628,8 +628,11 @@ class Trainer:
         from .marginal import hmc_marginal, importance_sampling
 
         c = self.config
-        if c.eval_marginal == "is":
-            res = importance_sampling(self.model, x, c.eval_importance_samples, generator=generator)
+        if c.eval_marginal == "is":  # its values do not depend on the workers (tested)
+            workers = torch.get_num_threads() if x.device.type == "cpu" else 1
+            res = importance_sampling(
+                self.model, x, c.eval_importance_samples, workers=workers, generator=generator
+            )
             return res.log_px
         init = "encoder" if self.alg.has_bound else "prior"  # MCEM's encoder is never trained
         return hmc_marginal(self.model, x, init=init, generator=generator).log_px
