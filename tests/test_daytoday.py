@@ -479,5 +479,14 @@ def test_plot_several_runs_from_metrics_alone(tmp_path, overfit_run, capsys):
     assert "metrics.jsonl" in line
     with pytest.raises(ConfigError, match="labels"):
         aevb.plot([overfit_run], out, labels=["a", "b"])
+    # --since keeps the end of the runs; past the last evaluation it is one clear error
+    last = runs.read_metrics(overfit_run)[-1]["samples_seen"]
+    zoom = tmp_path / "zoom.png"
+    assert main(["plot", str(overfit_run), "--out", str(zoom), "--since", str(last // 2)]) == 0
+    assert zoom.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and zoom.read_bytes() != out.read_bytes()
+    capsys.readouterr()
+    assert main(["plot", str(overfit_run), "--out", str(zoom), "--since", str(last + 1)]) == 2
+    (line,) = _errors(capsys)
+    assert "no evaluation at or after" in line and "smaller --since" in line
     with pytest.raises(RunError):
         aevb.load(only, which="best")

@@ -1111,13 +1111,17 @@ def plot(
     labels: list[str] | None = None,
     metric: str = "bound",
     title: str | None = None,
+    since: int | None = None,
 ) -> Path:
     """Bound-vs-samples curves of several runs on one figure (Figure 2 style), from metrics.jsonl.
 
     Train solid, test dashed, validation dotted. ``labels`` default to the run directories' names;
     runs trained with a weighted KL term are marked from their metrics (``kl_weight``).
-    ``metric`` may be "iwae_bound" or "log_likelihood" for runs that logged them.
+    ``metric`` may be "iwae_bound" or "log_likelihood" for runs that logged them. ``since``
+    keeps the evaluations from that many training samples on (to see the end of long runs).
     """
+    if since is not None and since < 0:
+        raise ConfigError(f"--since must be a sample count >= 0, got {since}")
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
     if not dirs:
         raise ConfigError("give at least one run directory")
@@ -1130,6 +1134,12 @@ def plot(
         records = runs.read_metrics(d)
         if not any(r.get("samples_seen", 0) > 0 for r in records):
             raise RunError(f"{d / runs.METRICS}: no evaluation after training started yet")
+        if since is not None:
+            records = [r for r in records if r.get("samples_seen", 0) >= since]
+            if not records:
+                raise ConfigError(
+                    f"{d}: no evaluation at or after {since:,} samples; use a smaller --since"
+                )
         label = labels[i] if labels is not None else d.name
         if any("kl_weight" in r for r in records):
             label += " (KL-weighted training)"

@@ -358,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--labels", help="comma-separated curve labels (default: directory names)")
     pl.add_argument("--metric", choices=["bound", "iwae_bound", "log_likelihood"], default="bound")
     pl.add_argument("--title")
+    pl.add_argument(
+        "--since",
+        type=int,
+        metavar="SAMPLES",
+        help="only the evaluations from this many training samples on (the end of long runs)",
+    )
 
     ip = sub.add_parser("interpolate", help="decoded paths between pairs of posterior means")
     ip.add_argument("run_dir", metavar="RUNDIR")
@@ -592,7 +598,14 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "plot":
         labels = _columns(args.labels)
         print(
-            api.plot(args.run_dirs, args.out, labels=labels, metric=args.metric, title=args.title)
+            api.plot(
+                args.run_dirs,
+                args.out,
+                labels=labels,
+                metric=args.metric,
+                title=args.title,
+                since=args.since,
+            )
         )
     elif args.command == "interpolate":
         print(
