@@ -116,3 +116,14 @@ def test_train_logs_the_step_size_at_each_evaluation(tmp_path):
     lrs = [r["lr"] for r in records]
     assert lrs[0] == 0.02 and all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
     assert lrs[-1] == pytest.approx(0.002, abs=2e-5)
+
+
+def test_cli_says_the_schedule_it_runs(tmp_path, capsys):
+    from aevb.cli import main
+
+    argv = ["train", "--lr-schedule", "cosine", "--lr", "0.02", "--lr-min", "0.002"]
+    assert (
+        main([*argv, "--budget", "2000", "--out", str(tmp_path / "r"), "--eval-size", "100"]) == 0
+    )
+    out = capsys.readouterr()
+    assert "step size: cosine decay from 0.02 to 0.002 over 2,000 samples" in out.out + out.err

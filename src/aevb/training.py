@@ -764,6 +764,12 @@ class Trainer:
             tqdm.write(f"engine: {note}")
         n_running = 0
         scheduled = c.lr_schedule != "constant"
+        if scheduled and self.progress:
+            lr0 = self.alg.optimizer.param_groups[0]["initial_lr"]
+            tqdm.write(
+                f"step size: {c.lr_schedule} decay from {lr0:g} to {min(c.lr_min, lr0):g} "
+                f"over {self.horizon:,} samples"
+            )
         last_ckpt = time.monotonic()
         last_ckpt_samples = self.samples_seen
         p0 = next(iter(self.model.parameters()), None)
