@@ -199,6 +199,12 @@ def test_reuse_copies_the_curves_other_figures_trained(smoke, tmp_path, shared_d
     for figure, budget in (("figure3", "smoke"), ("figure2", "quick")):
         proto = experiments.protocol(figure, budget)
         assert not any(experiments._curve_key(c, proto.samples) in found for _, c in proto.runs)
+    # beside Figures 2 and 4, a new Figure 5 folder is told where its curves already are
+    beside = fig2.path.parent / "figure5-again"
+    want = [fig2.path, fig4.path, fig5.path]  # Figure 3's folder (if made) shares nothing
+    assert experiments.shareable_siblings(beside, experiments.protocol("figure5", "smoke")) == want
+    others = experiments.shareable_siblings(beside, experiments.protocol("figure3", "smoke"))
+    assert not set(others) & set(want)  # Figure 3's curves are in no other figure
     with pytest.raises(ConfigError, match="not a reproduction"):
         experiments.reproduce(
             "figure5", "smoke", tmp_path / "f5b", data_dir=shared_data_dir, reuse=[tmp_path],

@@ -224,6 +224,22 @@ def _reusable(sources: list[Path], out: Path) -> dict[str, Path]:
     return found
 
 
+def shareable_siblings(out: Path, proto: Protocol) -> list[Path]:
+    """Reproduction folders beside ``out`` that hold finished curves ``proto`` would train again."""
+    if not out.parent.is_dir():
+        return []
+    keys = {_curve_key(c, proto.samples) for _, c in proto.runs}
+    found = []
+    for d in sorted(out.parent.iterdir()):
+        if d.is_dir() and d.resolve() != out.resolve() and (d / MANIFEST).is_file():
+            try:
+                if keys & set(_reusable([d], out)):
+                    found.append(d)
+            except ConfigError:  # an unreadable manifest: not ours to judge here
+                continue
+    return found
+
+
 def _copy_run(src: Path, dst: Path) -> None:
     """Copy a finished run directory into place (whole or not at all). ``dst`` holds no run
     (no config.json): at most the leftovers of a curve that never started, which go."""
@@ -287,6 +303,9 @@ def reproduce(
         raise ConfigError(f"--jobs must be between 1 and 64, got {jobs}")
     out = Path(out) if out is not None else Path("reproductions") / f"{figure}-{budget}"
     found = _reusable([Path(r) for r in reuse], out)  # a bad --reuse fails before OUT is made
+    if progress and not reuse:
+        for d in shareable_siblings(out, proto):
+            tqdm.write(f"{d} holds curves of {figure} at this budget: add --reuse {d} to copy them")
     _check_out(out, proto, mnist)
     started = time.perf_counter()
     todo = [(p, c, out / p.key / c.algorithm) for p, c in proto.runs]
