@@ -203,6 +203,8 @@ def test_reuse_copies_the_curves_other_figures_trained(smoke, tmp_path, shared_d
     beside = fig2.path.parent / "figure5-again"
     want = [fig2.path, fig4.path, fig5.path]  # Figure 3's folder (if made) shares nothing
     assert experiments.shareable_siblings(beside, experiments.protocol("figure5", "smoke")) == want
+    # the folder that trained them has nothing left to train: no hint there
+    assert experiments.shareable_siblings(fig5.path, experiments.protocol("figure5", "smoke")) == []
     others = experiments.shareable_siblings(beside, experiments.protocol("figure3", "smoke"))
     assert not set(others) & set(want)  # Figure 3's curves are in no other figure
     with pytest.raises(ConfigError, match="not a reproduction"):

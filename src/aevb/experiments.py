@@ -228,7 +228,13 @@ def shareable_siblings(out: Path, proto: Protocol) -> list[Path]:
     """Reproduction folders beside ``out`` that hold finished curves ``proto`` would train again."""
     if not out.parent.is_dir():
         return []
-    keys = {_curve_key(c, proto.samples) for _, c in proto.runs}
+    keys = {
+        _curve_key(c, proto.samples)
+        for p, c in proto.runs
+        if not _finished(out / p.key / c.algorithm, proto.samples)  # only what is still to train
+    }
+    if not keys:
+        return []
     found = []
     for d in sorted(out.parent.iterdir()):
         if d.is_dir() and d.resolve() != out.resolve() and (d / MANIFEST).is_file():
