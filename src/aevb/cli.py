@@ -16,6 +16,7 @@ from . import __version__, api, distributed, experiments, runs
 from .data import BINARIZE_MODES
 from .distributions import POSTERIORS, PRIORS
 from .errors import AevbError, ConfigError
+from .training import LR_SCHEDULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--lr-schedule",
-        choices=["constant", "cosine", "linear"],
+        choices=list(LR_SCHEDULES),
         default="constant",
         help="decay the step size from --lr to --lr-min over the budget (default: constant, "
         "the paper's)",

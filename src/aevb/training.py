@@ -766,8 +766,9 @@ class Trainer:
         scheduled = c.lr_schedule != "constant"
         if scheduled and self.progress:
             lr0 = self.alg.optimizer.param_groups[0]["initial_lr"]
+            end = c.lr_at(lr0, self.horizon, self.horizon)
             tqdm.write(
-                f"step size: {c.lr_schedule} decay from {lr0:g} to {min(c.lr_min, lr0):g} "
+                f"step size: {c.lr_schedule} decay from {lr0:g} to {end:g} "
                 f"over {self.horizon:,} samples"
             )
         last_ckpt = time.monotonic()
