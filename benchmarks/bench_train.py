@@ -38,7 +38,6 @@ import time
 T_START = time.perf_counter()  # before importing torch: time to first step counts everything
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
@@ -79,10 +78,9 @@ class AevbWorker:
 
     def __init__(self, torch, spec: dict) -> None:
         from aevb import training
+        from aevb.algorithms import ALGORITHMS
         from aevb.model import VAE, ModelConfig
 
-        with contextlib.suppress(ImportError):  # registers wake-sleep etc. where they exist
-            import aevb.algorithms  # noqa: F401
         d, h, lik, _ = SHAPES[spec["data"]]
         x = _synthetic_data(torch, spec).to(spec["device"])
         tcfg = training.TrainConfig(
@@ -99,8 +97,8 @@ class AevbWorker:
         model = VAE(mcfg)
         model.init_parameters(0.01, torch.Generator().manual_seed(1))
         model = model.to(spec["device"])
-        alg = training.ALGORITHMS[spec["algorithm"]](model, tcfg, len(x), float(tcfg.lr))
-        self.engine = getattr(alg, "engine", "autograd")
+        alg = ALGORITHMS[spec["algorithm"]](model, tcfg, len(x), float(tcfg.lr))
+        self.engine = alg.engine
         self.trainer = training.Trainer(alg, x, None, tcfg, progress=False, evaluate_points=False)
         self.m = spec["M"]
 

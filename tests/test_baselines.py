@@ -16,7 +16,7 @@ from aevb.data import load_dataset
 from aevb.model import VAE, ModelConfig
 from aevb.training import TrainConfig
 
-SMALL = dict(latent_dim=5, hidden=50, lr=0.02, progress=False, draw_figures=False)
+SMALL = dict(latent_dim=5, hidden=50)  # the model size of these runs (conftest.small_run)
 
 
 def _model(likelihood="bernoulli", x_dim=64, seed=0, **kw) -> VAE:
@@ -68,10 +68,10 @@ def test_wake_sleep_gradients_are_the_wake_and_sleep_objectives():
         assert torch.allclose(p.grad, r, atol=1e-6)
 
 
-def test_wake_sleep_improves_its_objectives_and_aevb_beats_it():
+def test_wake_sleep_improves_its_objectives_and_aevb_beats_it(small_run):
     kw = dict(SMALL, latent_dim=10, hidden=100, budget=60_000, binarize="static", seed=0)
-    ws = aevb.train("digits", algorithm="wake-sleep", **kw)
-    ae = aevb.train("digits", algorithm="aevb", **kw)
+    ws = small_run(algorithm="wake-sleep", **kw)
+    ae = small_run(algorithm="aevb", **kw)
     x = torch.from_numpy(load_dataset("digits").test)
     x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
     init = VAE(ws.model.config)
@@ -122,11 +122,11 @@ def _digits_subset(tmp_path, n: int) -> str:
     return str(path)
 
 
-def test_full_vb_improves_its_objective_and_variances_shrink_with_more_data(tmp_path):
+def test_full_vb_improves_its_objective_and_variances_shrink_with_more_data(tmp_path, small_run):
     sigmas, objective = {}, {}
     for n in (100, 1500):
-        run = aevb.train(
-            _digits_subset(tmp_path, n),
+        run = small_run(
+            data=_digits_subset(tmp_path, n),
             algorithm="full-vb",
             **dict(SMALL, hidden=30, lr=0.1, budget=40_000, batch_size=50),
         )
@@ -141,8 +141,8 @@ def test_full_vb_improves_its_objective_and_variances_shrink_with_more_data(tmp_
     assert sigmas[1500] > 0.01  # and it did move away from its initial 0.01
 
 
-def test_full_vb_evaluation_mean_and_sample(tmp_path):
-    run = aevb.train("digits", tmp_path / "r", algorithm="full-vb", budget=3_000, **SMALL)
+def test_full_vb_evaluation_mean_and_sample(tmp_path, small_run):
+    run = small_run(tmp_path / "r", algorithm="full-vb", budget=3_000, **SMALL)
     model = aevb.load(tmp_path / "r")
     assert model.has_parameter_posterior and len(model.theta_logvar) == 4
     alg = FullVB(
@@ -156,9 +156,9 @@ def test_full_vb_evaluation_mean_and_sample(tmp_path):
     assert run.config["model"]["parameter_posterior"] is True
 
 
-def test_mcem_adapts_acceptance_and_raises_the_likelihood(tmp_path):
-    run = aevb.train(
-        _digits_subset(tmp_path, 300),
+def test_mcem_adapts_acceptance_and_raises_the_likelihood(tmp_path, small_run):
+    run = small_run(
+        data=_digits_subset(tmp_path, 300),
         algorithm="mcem",
         latent_dim=3,
         hidden=50,
@@ -166,8 +166,6 @@ def test_mcem_adapts_acceptance_and_raises_the_likelihood(tmp_path):
         budget=15_000,
         eval_per_decade=1,
         eval_marginal_points=20,
-        progress=False,
-        draw_figures=False,
     )
     first, last = run.metrics[0], run.metrics[-1]
     assert "train_bound" not in last  # MCEM has no bound ...
@@ -175,7 +173,7 @@ def test_mcem_adapts_acceptance_and_raises_the_likelihood(tmp_path):
     assert abs(last["hmc_accept_rate"] - 0.9) < 0.05
 
 
-def test_mcem_resumes_exactly(tmp_path, monkeypatch):
+def test_mcem_resumes_exactly(tmp_path, monkeypatch, small_run):
     data = _digits_subset(tmp_path, 200)
     kw = dict(
         algorithm="mcem",
@@ -185,10 +183,8 @@ def test_mcem_resumes_exactly(tmp_path, monkeypatch):
         budget=2_000,
         eval_per_decade=2,
         eval_marginal_points=2,
-        progress=False,
-        draw_figures=False,
     )
-    aevb.train(data, tmp_path / "full", **kw)
+    small_run(tmp_path / "full", data=data, **kw)
     real = training.Trainer.checkpoint
     calls = {"n": 0}
 
@@ -200,7 +196,7 @@ def test_mcem_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training.Trainer, "checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
-        aevb.train(data, tmp_path / "cut", **kw)
+        small_run(tmp_path / "cut", data=data, **kw)
     monkeypatch.setattr(training.Trainer, "checkpoint", real)
     aevb.train(resume=tmp_path / "cut", progress=False, draw_figures=False)
     a, b = load_file(tmp_path / "full" / runs.MODEL), load_file(tmp_path / "cut" / runs.MODEL)
@@ -212,6 +208,6 @@ def test_mcem_resumes_exactly(tmp_path, monkeypatch):
     )
 
 
-def test_algorithm_options_are_validated():
+def test_algorithm_options_are_validated(small_run):
     with pytest.raises(aevb.ConfigError, match="mcem_leapfrogs"):
-        aevb.train("digits", algorithm="mcem", algorithm_options={"mcem_leapfrogs": 3}, **SMALL)
+        small_run(algorithm="mcem", algorithm_options={"mcem_leapfrogs": 3}, **SMALL)

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import aevb
+from aevb.algorithms import AEVB
 from aevb.conv import ConvDecoder, ConvEncoder
 from aevb.distributions import POSTERIORS
 from aevb.errors import ConfigError
 from aevb.model import VAE, ModelConfig
 from aevb.networks import LIKELIHOODS
-from aevb.training import AEVB, TrainConfig
+from aevb.training import TrainConfig
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (28, 20), (7, 9), (4, 4)])
@@ -62,9 +63,8 @@ def test_conv_model_runs_on_the_autograd_step():
     assert alg.engine == "autograd" and "MLP" in alg.engine_note
 
 
-def test_short_training_run_raises_the_bound(tmp_path):
-    run = aevb.train(
-        "digits",
+def test_short_training_run_raises_the_bound(tmp_path, small_run):
+    run = small_run(
         tmp_path / "conv",
         architecture="conv",
         posterior="gumbel",
@@ -74,8 +74,6 @@ def test_short_training_run_raises_the_bound(tmp_path):
         lr=0.05,
         eval_per_decade=1,
         eval_size=300,
-        progress=False,
-        draw_figures=False,
     )
     first, last = run.metrics[0], run.metrics[-1]
     assert last["test_bound"] > first["test_bound"] + 10, (first, last)

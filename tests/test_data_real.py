@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from aevb import figures
+from aevb.algorithms import Algorithm
 from aevb.cli import main
 from aevb.data import DATASETS, load_dataset
 from aevb.data import mnist as mnist_mod
@@ -22,7 +23,7 @@ from aevb.data.frey import split_indices
 from aevb.data.readers import read_idx
 from aevb.errors import DataError
 from aevb.model import VAE, ModelConfig
-from aevb.training import Algorithm, TrainConfig, Trainer
+from aevb.training import TrainConfig, Trainer
 
 # Class counts of the official MNIST label files (LeCun et al.; widely tabulated).
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

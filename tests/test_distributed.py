@@ -42,12 +42,12 @@ HARD = 120  # no subprocess here may take longer: a hang fails the test instead 
 WORKER = r"""
 import json, os, signal, sys
 from safetensors.torch import save_file
-from aevb import api, cli, training
+from aevb import algorithms, api, cli
 
 kwargs, out, fail = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 rank = int(os.environ["RANK"])
 if fail != "none":  # rank 1 dies (SIGKILL) or hangs (SIGSTOP) at its 4th training step
-    step, seen = training.AEVB.step, [0]
+    step, seen = algorithms.AEVB.step, [0]
 
     def failing_step(self, *a, **k):
         seen[0] += 1
@@ -55,7 +55,7 @@ if fail != "none":  # rank 1 dies (SIGKILL) or hangs (SIGSTOP) at its 4th traini
             os.kill(os.getpid(), signal.SIGKILL if fail == "kill" else signal.SIGSTOP)
         return step(self, *a, **k)
 
-    training.AEVB.step = failing_step
+    algorithms.AEVB.step = failing_step
     sys.exit(cli.main(["train", "--out", out, *kwargs]))
 for i, kw in enumerate(kwargs):  # runs in turn; the second one on the autograd step
     run = api.train(out=out if i == 0 else None, **kw)
@@ -125,13 +125,13 @@ def _assert_close(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def single():
+def single(small_run):
     """One process, global minibatch 50: to 1 500 samples, and on to 3 000."""
     torch.set_num_threads(1)
-    return {n: _params(api.train(batch_size=2 * PER_RANK, budget=n, **SMALL)) for n in (1500, 3000)}
+    return {n: _params(small_run(batch_size=2 * PER_RANK, budget=n, **SMALL)) for n in (1500, 3000)}
 
 
-def test_two_ranks_equal_each_other_and_one_process_and_resume_on_one(tmp_path, single):
+def test_two_ranks_equal_each_other_and_one_process_and_resume_on_one(tmp_path, single, small_run):
     run = tmp_path / "run"
     kwargs = dict(SMALL, batch_size=PER_RANK, budget=1500)
     autograd = dict(kwargs, budget=500, posterior="laplace")  # no fast engine for Laplace
@@ -161,7 +161,7 @@ def test_two_ranks_equal_each_other_and_one_process_and_resume_on_one(tmp_path, 
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["distributed"] == {"processes": 1, "batch_per_process": 2 * PER_RANK}
     # the comparison can fail: a run at the per-rank minibatch ends elsewhere
-    other = _params(api.train(batch_size=PER_RANK, budget=1500, **SMALL))
+    other = _params(small_run(batch_size=PER_RANK, budget=1500, **SMALL))
     assert max(float((other[k] - p0[k]).abs().max()) for k in p0) > 1e-3
 
 

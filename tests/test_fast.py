@@ -13,9 +13,10 @@ import pytest
 import torch
 from fast_checks import M, assert_resume_is_bitwise_exact, make_data, make_model
 
+from aevb.algorithms import AEVB, make_optimizer
 from aevb.errors import ConfigError
 from aevb.fast import FastStep, tune_allocator, unsupported_reason
-from aevb.training import AEVB, TrainConfig, Trainer, make_optimizer
+from aevb.training import TrainConfig, Trainer
 
 
 def reference_gradients(model, x, estimator, samples, seed, device="cpu"):

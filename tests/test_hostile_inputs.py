@@ -20,21 +20,19 @@ import signal
 import struct
 import tracemalloc
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_injection import TALLY
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from reliability_kit import add_to_tally_file
 
 from aevb.data import load_dataset
 from aevb.data.frey import read_frey
 from aevb.data.readers import read_amat, read_idx
 from aevb.errors import DataError
 
-TALLY: Counter = Counter()
 FAST = settings(
     max_examples=120,
     deadline=None,
@@ -42,12 +40,6 @@ FAST = settings(
     derandomize=True,  # the same inputs on every run of the suite
     database=None,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tally():
-    yield
-    add_to_tally_file(TALLY)
 
 
 class Hang(Exception):
@@ -175,7 +167,7 @@ def test_idx_reader(tmp_path_factory, case):
 
 
 def test_an_idx_header_claiming_10_to_the_12_bytes_allocates_nothing(tmp_path):
-    """The issue's example: a header claiming 10^12 items is refused before any allocation."""
+    """A header claiming 10^12 items (an MNIST-shaped file) is refused before any allocation."""
     for n in (10**12 // 784, 2**32 - 1):
         raw = bytes([0, 0, 8, 3]) + struct.pack(">III", n, 28, 28) + b"\0" * 784
         for data in (raw, gzip.compress(raw)):
@@ -441,12 +433,9 @@ VALID = {"_positive_int": ["1", "2", "3", "5"], "int": ["0", "1", "2"], "float":
 
 
 @pytest.fixture(scope="module")
-def cli_paths(tmp_path_factory) -> dict[str, Path]:
-    import aevb
-
+def cli_paths(tmp_path_factory, small_run) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("cli")
-    aevb.train("digits", d / "run", latent_dim=2, hidden=8, budget=300, lr=0.02,
-               progress=False, draw_figures=False)  # fmt: skip
+    small_run(d / "run", latent_dim=2, hidden=8, budget=300, lr=0.02)
     (d / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
     np.save(d / "good.npy", np.random.default_rng(0).random((40, 6)).astype(np.float32))
     (d / "bad.json").write_text("{not json")
@@ -514,19 +503,20 @@ def cli_stubs(monkeypatch, tmp_path_factory):
     """Cut the command line off where the real work would begin: no training steps, step-size
     trial, figures or marginal-likelihood estimates (everything before them is exercised), no
     downloads. What is left must still end in exit 0 or in one error line and exit 2."""
-    import aevb.api
+    import aevb.api.evaluation
+    import aevb.api.training
     from aevb import training
 
     monkeypatch.setenv("AEVB_OFFLINE", "1")
     monkeypatch.setenv("AEVB_DATA_DIR", str(tmp_path_factory.mktemp("empty-data")))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # default outputs (reproductions/) land here
     monkeypatch.setattr(training.Trainer, "run", lambda self: [])
-    monkeypatch.setattr(aevb.api, "choose_lr", lambda *a, **k: (0.02, {"stub": True}))
-    monkeypatch.setattr(aevb.api, "draw_run_figures", lambda *a, **k: [])
+    monkeypatch.setattr(aevb.api.training, "choose_lr", lambda *a, **k: (0.02, {"stub": True}))
+    monkeypatch.setattr(aevb.api.training, "draw_run_figures", lambda *a, **k: [])
     stub = dict(method="is", log_likelihood=0.0, se=0.0, gap=0.0, gap_se=0.0, seconds=0.0)
     stub.update(importance_samples=1, ess_median=1.0, posterior_samples=1, leapfrog_steps=1)
     stub.update(accept_rate=1.0)
-    monkeypatch.setattr(aevb.api, "_marginal_estimate", lambda *a, **k: dict(stub))
+    monkeypatch.setattr(aevb.api.evaluation, "_marginal_estimate", lambda *a, **k: dict(stub))
 
 
 CLI_EXAMPLES = {"train": 60, "evaluate": 25}

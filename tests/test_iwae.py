@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import aevb
+from aevb.algorithms import AEVB
 from aevb.cli import main
 from aevb.data import binarize_tensor, load_dataset
 from aevb.estimators import iwae_bound, sgvb_a
 from aevb.marginal import importance_sampling
 from aevb.model import VAE, ModelConfig
-from aevb.training import AEVB, TrainConfig
+from aevb.training import TrainConfig
 
 
 @pytest.mark.parametrize("posterior", ["normal", "gumbel", "exponential"])
@@ -44,11 +45,10 @@ def test_iwae_with_one_sample_is_estimator_a(posterior):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(small_run):
     """A Laplace-posterior VAE (N_z = 8) on binarized digits: a visible posterior gap."""
     torch.manual_seed(0)
-    run = aevb.train(
-        "digits",
+    run = small_run(
         None,
         latent_dim=8,
         hidden=64,
@@ -59,8 +59,6 @@ def trained():
         binarize="static",
         eval_per_decade=1,
         eval_size=100,
-        progress=False,
-        draw_figures=False,
     )
     x = binarize_tensor(torch.from_numpy(load_dataset("digits").test[:200]), "static", 1)
     return run.model.eval(), x
@@ -85,9 +83,8 @@ def test_iwae_lies_between_the_elbo_and_log_px(trained):
     assert gap < up / 4  # K = 50 closes most of the gap
 
 
-def test_iwae_training_logs_both_bounds_under_their_names(tmp_path):
-    run = aevb.train(
-        "digits",
+def test_iwae_training_logs_both_bounds_under_their_names(tmp_path, small_run):
+    run = small_run(
         tmp_path / "run",
         posterior="laplace",
         latent_dim=2,
@@ -98,8 +95,6 @@ def test_iwae_training_logs_both_bounds_under_their_names(tmp_path):
         lr=0.05,
         eval_per_decade=1,
         eval_size=300,
-        progress=False,
-        draw_figures=False,
     )
     first, last = run.metrics[0], run.metrics[-1]
     for rec in (first, last):

@@ -10,8 +10,9 @@ import torch
 from fast_checks import M, make_data, make_model
 
 from aevb import api, runs
+from aevb.algorithms import AEVB
 from aevb.errors import ConfigError
-from aevb.training import AEVB, TrainConfig, Trainer
+from aevb.training import TrainConfig, Trainer
 
 
 def test_lr_at_follows_the_formulas():

@@ -53,12 +53,11 @@ def quadrature(model, x: torch.Tensor, n_grid: int) -> tuple[torch.Tensor, torch
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["z1", "z2"])
-def trained(request):
+def trained(request, small_run):
     """A VAE with a J-D latent space trained on binarized digits, test points and quadrature."""
     j = request.param
     torch.manual_seed(0)
-    run = aevb.train(
-        "digits",
+    run = small_run(
         None,
         latent_dim=j,
         hidden=64,
@@ -67,8 +66,6 @@ def trained(request):
         binarize="static",
         eval_per_decade=1,
         eval_size=100,
-        progress=False,
-        draw_figures=False,
     )
     model = run.model.eval()
     x = binarize_tensor(torch.from_numpy(load_dataset("digits").test[:N_POINTS]), "static", 1)
@@ -242,20 +239,9 @@ def test_model_log_likelihood_delegates(trained):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, small_run):
     out = tmp_path_factory.mktemp("runs") / "z2"
-    aevb.train(
-        "digits",
-        out,
-        latent_dim=2,
-        hidden=32,
-        budget=5_000,
-        lr=0.02,
-        eval_per_decade=1,
-        eval_size=100,
-        progress=False,
-        draw_figures=False,
-    )
+    small_run(out, latent_dim=2, hidden=32, budget=5_000, lr=0.02, eval_per_decade=1, eval_size=100)
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import aevb
-from aevb import runs, training
+from aevb import algorithms, runs, training
 from aevb.training import eval_schedule
 
 SMALL = dict(latent_dim=5, hidden=50, lr=0.02, progress=False, draw_figures=False)
@@ -119,7 +119,7 @@ def test_epochs_and_weight_prior_options(tmp_path):
 def test_weight_prior_is_weight_decay_of_one_over_n():
     model = aevb.VAE(aevb.ModelConfig(x_dim=4, latent_dim=2, hidden=3))
     cfg = training.TrainConfig(lr=0.1)
-    alg = training.AEVB(model, cfg, n_train=250, lr=0.1)
+    alg = algorithms.AEVB(model, cfg, n_train=250, lr=0.1)
     assert alg.optimizer.param_groups[0]["weight_decay"] == pytest.approx(1 / 250)
-    off = training.AEVB(model, training.TrainConfig(lr=0.1, weight_prior=False), 250, 0.1)
+    off = algorithms.AEVB(model, training.TrainConfig(lr=0.1, weight_prior=False), 250, 0.1)
     assert off.optimizer.param_groups[0]["weight_decay"] == 0.0

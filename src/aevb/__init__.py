@@ -8,9 +8,8 @@ Quick use::
     model.elbo(x)            # per-datapoint lower bound (SGVB estimator B)
 """
 
-__version__ = "0.1.0"
-
-from .api import (  # noqa: E402
+from ._version import __version__
+from .api import (
     Run,
     decode,
     encode,
@@ -23,10 +22,10 @@ from .api import (  # noqa: E402
     sample,
     train,
 )
-from .config import load_config  # noqa: E402
-from .errors import AevbError, ConfigError, DataError, NumericalError, RunError  # noqa: E402
-from .experiments import reproduce  # noqa: E402
-from .model import VAE, ModelConfig  # noqa: E402
+from .config import load_config
+from .errors import AevbError, ConfigError, DataError, NumericalError, RunError
+from .experiments import reproduce
+from .model import VAE, ModelConfig
 
 __all__ = [
     "AevbError",

@@ -1,6 +1,7 @@
 """Config files for ``aevb train --config FILE``: TOML or JSON holding any training option.
 
-A config file holds the keywords of :func:`aevb.train` (the CLI options with ``_`` for ``-``)::
+A config file holds the options of ``aevb train`` by their keyword names (the flags with ``_``
+for ``-``), as declared in :mod:`aevb.settings`::
 
     data = "mydata.csv"
     out = "runs/mine"
@@ -13,72 +14,25 @@ so ``aevb train --config runs/old/config.json --out runs/new`` repeats a run. Pr
 defaults, then the file, then flags given on the command line. In Python the twin is
 ``aevb.train(**aevb.load_config("run.toml") | {"budget": 10_000})``.
 
-Unknown keys are an error naming the key and the closest valid one.
+An unknown key names the closest valid one; a value of the wrong type or outside its choices is
+one line naming the key and what it takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import inspect
 import json
 import tomllib
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .errors import ConfigError
+from .model import ModelConfig, ModelOptions
+from .options import declared, unknown_key
 
-NOT_IN_FILES = ("resume", "progress", "draw_figures")
-"""train() keywords a config file cannot set (they are about one invocation, not the run)."""
-
-# run config.json keys that are derived from other settings or recorded for information only
-_DERIVED = {
-    "model": {"x_dim", "parameter_posterior", "image_shape"},
-    "data": {"n_train", "n_test", "description", "column_names", "standardize", "spec"},
-    "train": {"lr_search", "lr_trial_samples", "init_std", "engine", "eval_importance_samples"},
-}
-
-
-def train_options() -> dict[str, inspect.Parameter]:
-    """The options a config file may set: :func:`aevb.train`'s keywords, by name."""
-    from .api import train
-
-    params = inspect.signature(train).parameters
-    return {k: p for k, p in params.items() if k not in NOT_IN_FILES}
-
-
-def _unknown(key: str, valid, where: str) -> ConfigError:
-    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return ConfigError(f"{where}: unknown key {key!r}{hint} (see 'aevb train --help')")
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """A loose check of a value read from a file against a train() annotation."""
-    if hint is Any or hint is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin in (tuple, list):
-        return isinstance(value, list | tuple)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is Path:
-        return isinstance(value, str)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
+FILE_KEYS = ("out",)
+"""Keys a config file may hold beside the options: where the run goes."""
 
 
 def _read(path: Path) -> dict:
@@ -99,44 +53,51 @@ def _read(path: Path) -> dict:
     return obj
 
 
-def from_run_config(cfg: dict, where: str = "config.json") -> dict:
-    """train() keywords that repeat the run described by a run's config.json."""
-    from .training import TrainConfig
+def _section(cfg: dict, name: str, where: str) -> dict:
+    part = cfg.get(name) or {}
+    if not isinstance(part, dict):
+        raise ConfigError(f"{where}: section {name!r} is not an object")
+    return part
 
-    options = train_options()
+
+def from_run_config(cfg: dict, where: str = "config.json") -> dict:
+    """The options that repeat the run described by a run's config.json.
+
+    Values the run derived (the data's size, the model's input dimension, the step-size trial's
+    scores) are skipped; the step size it chose is kept, so no trial runs again.
+    """
     out: dict[str, Any] = {}
-    algo: dict[str, Any] = {}
-    algo_keys = {
-        f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith(("mcem_", "full_vb_"))
-    }
-    for section in ("model", "train", "data"):
-        part = cfg.get(section) or {}
-        if not isinstance(part, dict):
-            raise ConfigError(f"{where}: section {section!r} is not an object")
-        for key, value in part.items():
-            if key in options and key not in _DERIVED[section]:
-                out[key] = value
-            elif section == "train" and key in algo_keys and key not in options:
-                algo[key] = value
-            elif key in _DERIVED[section]:
-                continue
-            elif section == "train":
-                continue  # a training field without a train() keyword: internal, or newer
-            else:
-                raise _unknown(key, options, f"{where} [{section}]")
-    data = cfg.get("data") or {}
+    model_options = {f.name for f in declared(ModelOptions)}
+    model_derived = {f.name for f in dataclasses.fields(ModelConfig)} - model_options
+    for key, value in _section(cfg, "model", where).items():
+        if key in model_options:
+            out[key] = value
+        elif key not in model_derived:
+            raise unknown_key(key, settings.OWNER, f"{where} [model]")
+    train_options = {f.name for f in declared(settings.TrainConfig)}
+    for key, value in _section(cfg, "train", where).items():
+        if key in train_options:  # the rest is derived, internal, or from a newer aevb
+            out[key] = value
+    data_options = {f.name for f in declared(settings.DataOptions)}
+    derived = {"spec", "n_train", "n_test", "description", "column_names"}
+    data = _section(cfg, "data", where)
+    for key, value in data.items():
+        if key == "standardize":  # the run records the statistics it used
+            out[key] = bool(value)
+        elif key in data_options:
+            out[key] = value
+        elif key not in derived:
+            raise unknown_key(key, settings.OWNER, f"{where} [data]")
     if "spec" in data:
         out["data"] = data["spec"]
-    model = cfg.get("model") or {}
+    model = _section(cfg, "model", where)
     if model.get("image_shape") is not None and data.get("image_shape") is None:
         out["image_shape"] = model["image_shape"]
-    if algo:
-        out["algorithm_options"] = algo
     return out
 
 
 def load_config(path: str | Path) -> dict:
-    """The train() keywords of a TOML/JSON config file (or of a run's config.json), checked."""
+    """The train() options of a TOML/JSON config file (or of a run's config.json), checked."""
     path = Path(path)
     raw = _read(path)
     if isinstance(raw.get("model"), dict) and isinstance(raw.get("train"), dict):
@@ -145,20 +106,14 @@ def load_config(path: str | Path) -> dict:
 
 
 def check(options: dict, where: str = "config") -> dict:
-    """Reject unknown keys (naming the closest valid one) and values of the wrong type."""
-    from . import api
+    """Reject unknown keys (naming the closest valid one) and values of the wrong type.
 
-    valid = train_options()
-    hints = typing.get_type_hints(api.train)
-    for key, value in options.items():
-        if key not in valid:
-            raise _unknown(key, valid, where)
-        if not _type_ok(value, hints.get(key, Any)):
-            default = valid[key].default
-            raise ConfigError(
-                f"{where}: {key} = {value!r} has the wrong type (default {default!r}); "
-                f"expected {hints.get(key)}"
-            )
+    Lists where the option takes a pair (``image_shape``) become tuples.
+    """
+    flat = {k: v for k, v in options.items() if k not in FILE_KEYS}
+    settings.settings_from(flat, where=where)  # raises on the first bad key or value
     if options.get("image_shape") is not None:
         options["image_shape"] = tuple(options["image_shape"])
+    if "out" in options and not isinstance(options["out"], str):
+        raise ConfigError(f"{where}: out = {options['out']!r} has the wrong type; expected a path")
     return options

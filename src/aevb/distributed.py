@@ -267,14 +267,11 @@ def make_data_parallel(alg) -> None:
     step on the global minibatch, up to floating-point summation order. Autograd steps get a
     pre-hook on their optimizer's ``step``; their noise comes from per-rank streams.
     """
-    if not active() or getattr(alg, "_aevb_data_parallel", False):
+    if not active() or alg.data_parallel:
         return
-    alg._aevb_data_parallel = True
-    fast = getattr(alg, "fast", None)
-    if fast is not None:
-        fast.shard = (rank(), world_size())
-        fast.grad_hook = all_reduce_mean_
-        fast._buffers = {}  # re-made with the global minibatch's noise buffer
+    alg.data_parallel = True
+    if alg.fast is not None:
+        alg.fast.shard_noise(rank(), world_size(), all_reduce_mean_)
         alg.noise_sharded = True
         return
 

@@ -17,8 +17,6 @@ from .networks import Decoder, Encoder
 
 ESTIMATORS = ("A", "B")
 """Estimators of the ELBO (the variational lower bound)."""
-OBJECTIVES = (*ESTIMATORS, "iwae")
-"""Training objectives: an ELBO estimator, or the importance-weighted bound."""
 
 
 def sgvb_a(
@@ -109,18 +107,3 @@ def iwae_bound(
     z = q.rsample(samples, generator)  # (K, B, J)
     log_w = decoder.log_prob(x, z) + prior.log_prob(z) - q.log_prob(z)
     return torch.logsumexp(log_w, 0) - math.log(samples)
-
-
-def objective(
-    encoder: Encoder,
-    decoder: Decoder,
-    prior: LatentDistribution,
-    x: Tensor,
-    estimator: str = "B",
-    samples: int = 1,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Per-datapoint training objective: SGVB estimator "A" or "B" (L samples) or "iwae" (K)."""
-    if estimator == "iwae":
-        return iwae_bound(encoder, decoder, prior, x, samples, generator)
-    return elbo(encoder, decoder, prior, x, estimator, samples, generator)

@@ -11,25 +11,30 @@ differentiable sampler and its log-density. Its prior is the member with every r
 (:class:`StandardPrior`, e.g. Laplace(0, 1), Exponential(1)); the priors ``PRIORS[name]`` build
 and every analytic KL registered here is written once for two members of a family and serves
 both the posterior-vs-posterior and the posterior-vs-prior pair. Scales are exp(raw), as the
-Gaussian's variance is exp(logvar). Importing :mod:`aevb.distributions` registers them all.
+Gaussian's variance is exp(logvar).
+
+This module owns the registries of the latent families by name: ``POSTERIORS`` (the posterior
+classes) and ``PRIORS`` (prior constructors, called with the latent dimension). They start with the
+paper's Gaussian (:mod:`aevb.latent`); every family here is added by :func:`register_family` below,
+which is also how a new family is added. :mod:`aevb.distributions` re-exports both.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributions import (
-    LOG_2PI,
-    POSTERIORS,
-    PRIORS,
-    LatentDistribution,
-    register_kl,
-)
+from .latent import LOG_2PI, DiagonalNormal, LatentDistribution, StandardNormal, register_kl
+
+POSTERIORS: dict[str, type[LatentDistribution]] = {"normal": DiagonalNormal}
+"""Posterior families by name (``--posterior``): the class an encoder's outputs build."""
+PRIORS: dict[str, Callable[[int], LatentDistribution]] = {"normal": StandardNormal}
+"""Priors by name (``--prior``): called with the latent dimension J."""
 
 EULER_GAMMA = 0.5772156649015329
 LOG_PI = math.log(math.pi)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import LOG_2PI
+from .runs import owned_tensor
 
 _ALLOCATOR_TUNED = False
 
@@ -186,6 +187,12 @@ class FastStep:
         self.grad_hook: Callable[[Tensor], object] | None = None
         self.adopt()
 
+    def shard_noise(self, rank: int, world: int, grad_hook: Callable[[Tensor], object]) -> None:
+        """Train as rank ``rank`` of ``world``: draw the global minibatch's noise and use this
+        rank's part; ``grad_hook`` averages the flat gradient over the ranks."""
+        self.shard, self.grad_hook = (rank, world), grad_hook
+        self._buffers = {}  # re-made with the global minibatch's noise buffer
+
     # ----------------------------------------------------------------- flat storage
     def _view(self, flat: Tensor, i: int) -> Tensor:
         a, b = self.offsets[i], self.offsets[i + 1]
@@ -309,7 +316,7 @@ class FastStep:
         torch.addmm(bd2, h2, Wd2.t(), out=b.o)
 
         # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M))
-        logp = self._gaussian(x, b, n) if self.gaussian else self._bernoulli(x, b, n)
+        logp = self._gaussian(x, b, n) if self.gaussian else self._bernoulli(x, b)
 
         # ---- backward through the decoder (the factor s folded into alpha)
         gh2 = self._decoder_backward(b, z, s)
@@ -383,7 +390,7 @@ class FastStep:
         else:
             torch.ops.aten.tanh_backward.grad_input(g, h, grad_input=g)
 
-    def _bernoulli(self, x: Tensor, b: SimpleNamespace, n: int) -> Tensor:
+    def _bernoulli(self, x: Tensor, b: SimpleNamespace) -> Tensor:
         o, go = b.o, b.go
         L, m, D = self.L, x.shape[0], self.D
         # log p = sum x*o - softplus(o), the stable form of x log y + (1-x) log(1-y)
@@ -465,12 +472,8 @@ def _own_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_meta
     can be saved as is (safetensors refuses tensors sharing memory) and does not change under
     later training steps. Parameters themselves (``keep_vars=True``) are left alone."""
     for k, v in state_dict.items():
-        if (
-            k.startswith(prefix)
-            and not isinstance(v, nn.Parameter)
-            and v.untyped_storage().nbytes() != v.numel() * v.element_size()
-        ):
-            state_dict[k] = v.detach().clone()
+        if k.startswith(prefix) and not isinstance(v, nn.Parameter):
+            state_dict[k] = owned_tensor(v)
 
 
 class FastWakeSleepStep(FastStep):
@@ -546,7 +549,7 @@ class FastWakeSleepStep(FastStep):
             b.zz_d.copy_(b.zd)
         self._hidden(bd1, b.zz, Wd1, b.hh)
         torch.addmm(bd2, b.hh, Wd2.t(), out=b.oo)
-        logp = self._gaussian(x, b, m) if self.gaussian else self._bernoulli(x, b, m)
+        logp = self._gaussian(x, b, m) if self.gaussian else self._bernoulli(x, b)
 
         # ---- x_d ~ p(x|z_d), drawn as sample_x draws it
         if self.gaussian:

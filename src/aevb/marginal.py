@@ -51,12 +51,6 @@ def log_joint(model, x: Tensor, z: Tensor) -> Tensor:
     return model.prior.log_prob(z) + log_lik
 
 
-def standard_error(values: Tensor) -> float:
-    """Standard error of the mean over datapoints (0 for a single point)."""
-    n = values.numel()
-    return float(values.std() / math.sqrt(n)) if n > 1 else 0.0
-
-
 # --------------------------------------------------------------------------- importance sampling
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from .distributions import POSTERIORS, PRIORS, has_analytic_kl
 from .errors import ConfigError
 from .estimators import ESTIMATORS, elbo, elbo_terms, iwae_bound
 from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
+from .options import between, bounded_int, option, positive, validate
 
 ARCHITECTURES = ("mlp", "conv")
 
@@ -31,21 +33,56 @@ def default_estimator(posterior: str, prior: str) -> str:
     return "B" if analytic_kl_available(posterior, prior) else "A"
 
 
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a VAE's architecture (stored in a run's config.json)."""
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+Likelihood = Literal[tuple(LIKELIHOODS)]  # type: ignore[valid-type]
+Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 
-    x_dim: int
-    latent_dim: int = 20
+
+@dataclass
+class ModelOptions:
+    """The model a user chooses (``aevb train``'s model options); None = the data's default."""
+
+    latent_dim: int = option(20, "N_z, the dimension of the latent space", check=positive)
+    hidden: int | None = option(
+        None, "hidden units per layer (default: 500 for MNIST, 200 for others)", check=positive
+    )
+    depth: int = option(
+        1,
+        "hidden layers per network",
+        parse=bounded_int(0, 64, "a number of hidden layers from 0 to 64"),
+        check=between(0, 64),
+    )
+    activation: Activation = option("tanh", "hidden-layer nonlinearity (tanh is the paper's)")
+    likelihood: Likelihood | None = option(
+        None, "p(x|z) (default: the dataset's; gaussian-linear with --standardize)"
+    )
+    posterior: str = option(
+        "normal", "latent family of q(z|x) (docs/FAMILIES.md)", choices=POSTERIORS
+    )
+    prior: str | None = option(
+        None,
+        "family of p(z), its standard member (default: the posterior's family)",
+        choices=PRIORS,
+    )
+    architecture: Architecture = option(
+        "mlp", "MLP encoder and decoder (the paper's) or convolutional (image data)"
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(kw_only=True)
+class ModelConfig(ModelOptions):
+    """Everything needed to rebuild a VAE's architecture (stored in a run's config.json): the
+    model options resolved for a dataset, and what the data and the algorithm fix."""
+
     hidden: int = 500
-    depth: int = 1
-    activation: str = "tanh"
     likelihood: str = "bernoulli"
-    posterior: str = "normal"
     prior: str = "normal"
+    x_dim: int
     image_shape: tuple[int, int] | None = None
     parameter_posterior: bool = False  # full VB: a Gaussian posterior over the decoder's weights
-    architecture: str = "mlp"  # "conv": convolutional encoder and decoder (aevb.conv)
 
     def __post_init__(self) -> None:
         if self.image_shape is not None:
@@ -88,8 +125,7 @@ class ModelConfig:
         """Estimators A and iwae always work; B needs an analytic KL(posterior || prior)."""
         if estimator in ("A", "iwae"):
             return True
-        prior_type = type(PRIORS[self.prior](1))
-        return estimator == "B" and has_analytic_kl(POSTERIORS[self.posterior], prior_type)
+        return estimator == "B" and analytic_kl_available(self.posterior, self.prior)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -215,7 +251,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def init_decoder_bias(self, data_mean) -> None:
-        """Set the decoder's mean bias to logit(data mean) (Burda et al.; --decoder-bias-init).
+        """Set the decoder's mean bias to logit(data mean) (Burda et al.).
 
         With the weights near zero the decoder then starts at the data's mean image. For a
         likelihood with an unconstrained mean (gaussian-linear) the bias is the mean itself.
@@ -228,7 +264,9 @@ class VAE(nn.Module):
         head = getattr(self.decoder.net, "head", None)
         bias = getattr(head, "bias", None)
         if bias is None or bias.numel() < m.numel() or bias.dim() != 1:
-            raise ConfigError("--decoder-bias-init needs the MLP decoder (--architecture mlp)")
+            raise ConfigError(
+                "a decoder bias at the data mean needs the MLP decoder (--architecture mlp)"
+            )
         bias[: m.numel()].copy_(m)
 
     def iwae_bound(self, x, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:

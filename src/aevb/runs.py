@@ -149,6 +149,17 @@ def _write_error(path: str | Path, e: OSError, run_dir: Path) -> RunError:
 # --------------------------------------------------------------------------- tensors
 
 
+def owned_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a detached copy of it when it is a view into a larger buffer.
+
+    safetensors refuses tensors that share memory, and the fast engine keeps the parameters and
+    the optimizer state as views into flat buffers (which later steps also change in place).
+    """
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.detach().clone()
+    return t
+
+
 def tensors_bytes(tensors: dict[str, torch.Tensor], meta: dict | None = None) -> bytes:
     """safetensors bytes of ``tensors`` (made contiguous, moved to CPU), JSON ``meta`` inside."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}

@@ -17,199 +17,25 @@ scale of the gradient (up to its epsilon).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed, runs
+from .algorithms.base import Algorithm
+from .callbacks import Callback, MetricsFile, ModelSelection, OnEvaluation, ProgressBar, TensorBoard
 from .data.base import binarize_tensor
 from .errors import ConfigError, NumericalError
-from .fast import FastStep, tune_allocator, unsupported_optimizer, unsupported_reason
-from .model import VAE
-from .selection import Selection
-from .tracking import RunTracker
-
-OPTIMIZERS = ("adagrad", "adam")
-ENGINES = ("auto", "fast", "autograd")
-LR_SCHEDULES = ("constant", "cosine", "linear")
-LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
-"""`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
-
-
-@dataclass
-class TrainConfig:
-    """Training settings (stored in config.json)."""
-
-    algorithm: str = "aevb"
-    estimator: str = "B"
-    samples: int = 1
-    batch_size: int = 100
-    optimizer: str = "adagrad"
-    lr: float | str = "auto"
-    weight_prior: bool = True
-    init: str = "paper"
-    init_std: float = 0.01
-    budget: int | None = None
-    epochs: int | None = None
-    seed: int = 0
-    binarize: str = "grey"
-    eval_per_decade: int = 4
-    eval_size: int = 10_000
-    checkpoint_seconds: float = 300.0  # a checkpoint at least this often (wall-clock seconds)
-    checkpoint_samples: int | None = None  # and after every this many training samples
-    lr_trial_samples: int | None = None
-    lr_search: dict | None = None
-    engine: str = "auto"  # AEVB's step: "fast" (aevb.fast), "autograd", or "auto" (fast if covered)
-    full_vb_eval: str = "mean"  # full VB: bound at the posterior mean of theta, or "sample"
-    full_vb_eval_samples: int = 10  # full VB, "sample": draws of theta averaged
-    mcem_leapfrog: int = 10  # Monte Carlo EM (Appendix E): leapfrog steps per HMC transition
-    mcem_updates: int = 5  # parameter updates per sample
-    mcem_target_accept: float = 0.9
-    mcem_step_size: float = 0.1  # initial leapfrog step size of every chain
-    mcem_adapt_rate: float = 1.0  # Robbins-Monro rate of the log step size
-    eval_marginal: str | None = None  # also log log p(x) at evaluations: "is" or "hmc" (Appendix D)
-    eval_marginal_points: int = 1000  # first points of each split used for it (the paper's 1 000)
-    eval_importance_samples: int = 5000
-    # ---- day-to-day options (issue 11); the defaults leave training exactly as the paper's
-    kl_beta: float = 1.0  # weight of the KL term in the training objective (1: the bound itself)
-    kl_warmup: int | None = None  # that weight rises linearly from 0 over this many samples
-    lr_schedule: str = "constant"  # "cosine" or "linear": decay the step size over the budget
-    lr_min: float = 0.0  # the step size the decay ends at
-    keep: str = "last"  # "best": also keep the model with the best validation bound
-    patience: int | None = None  # stop after this many evaluations without a better valid bound
-    decoder_bias_init: bool = False  # decoder output bias = logit of the training-set mean
-    precision: str = "float32"  # "bf16": bf16 autocast of the training step (CUDA only)
-    tensorboard: bool = False  # also write TensorBoard event files (runs' tensorboard/)
-
-    @property
-    def kl_weighted(self) -> bool:
-        """Whether the training objective weights the KL term (KL warm-up or beta != 1)."""
-        return self.kl_beta != 1.0 or self.kl_warmup is not None
-
-    def kl_weight(self, samples_seen: int) -> float:
-        """The KL weight after ``samples_seen`` training samples (beta, ramped by warm-up)."""
-        w = float(self.kl_beta)
-        if self.kl_warmup is not None:
-            w *= min(1.0, samples_seen / self.kl_warmup)
-        return w
-
-    def lr_at(self, initial_lr: float, samples_seen: int, total: int) -> float:
-        """The step size after ``samples_seen`` of ``total`` training samples (``lr_schedule``).
-
-        cosine: lr_min + (lr - lr_min) (1 + cos(pi t)) / 2; linear: lr - (lr - lr_min) t, with
-        t = samples_seen / total; a parameter group whose own step size is below lr_min keeps it.
-        """
-        if self.lr_schedule == "constant":
-            return initial_lr
-        t = min(1.0, max(0.0, samples_seen / max(1, total)))
-        shape = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_schedule == "cosine" else 1.0 - t
-        low = min(float(self.lr_min), initial_lr)
-        return low + (initial_lr - low) * shape
-
-    def __post_init__(self) -> None:
-        if self.estimator not in ("A", "B", "iwae"):
-            raise ConfigError(f"unknown estimator {self.estimator!r}; choose A, B or iwae")
-        if self.estimator == "iwae" and self.algorithm != "aevb":
-            raise ConfigError(f"estimator iwae trains AEVB only, not {self.algorithm}; use A or B")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if self.full_vb_eval not in ("mean", "sample"):
-            raise ConfigError(f"unknown full_vb_eval {self.full_vb_eval!r}; choose mean or sample")
-        if self.engine not in ENGINES:
-            raise ConfigError(f"unknown engine {self.engine!r}; choose one of {ENGINES}")
-        if self.eval_marginal not in (None, "is", "hmc"):
-            raise ConfigError(f"unknown eval_marginal {self.eval_marginal!r}; choose is or hmc")
-        if self.algorithm == "mcem" and self.eval_marginal is None:
-            self.eval_marginal = "hmc"  # MCEM has no bound: report log p(x) instead
-        if self.algorithm == "mcem" and self.eval_marginal == "is":
-            raise ConfigError("MCEM trains no encoder to propose from; use eval_marginal='hmc'")
-        if self.init not in ("paper", "torch"):
-            raise ConfigError(f"unknown init {self.init!r}; choose paper or torch")
-        if isinstance(self.lr, str) and self.lr != "auto":
-            try:
-                self.lr = float(self.lr)
-            except ValueError:
-                raise ConfigError(f"--lr must be a number or 'auto', got {self.lr!r}") from None
-        if not isinstance(self.lr, str) and not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        for name in ("samples", "batch_size", "eval_per_decade", "eval_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.budget is not None and self.epochs is not None:
-            raise ConfigError("give either --budget (training samples) or --epochs, not both")
-        if self.budget is not None and self.budget < 1:
-            raise ConfigError(f"--budget must be positive, got {self.budget}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if not float(self.checkpoint_seconds) > 0:  # also refuses NaN; inf means never
-            raise ConfigError(
-                f"--checkpoint-seconds must be positive, got {self.checkpoint_seconds}"
-            )
-        if int(self.eval_per_decade) > 1000:  # the schedule's loop steps 10^(1/k) at a time
-            raise ConfigError(f"--eval-per-decade must be at most 1000, got {self.eval_per_decade}")
-        if self.checkpoint_samples is not None and int(self.checkpoint_samples) < 1:
-            raise ConfigError(
-                f"--checkpoint-samples must be a positive integer, got {self.checkpoint_samples}"
-            )
-        self._check_daytoday()
-
-    def _check_daytoday(self) -> None:
-        if not (math.isfinite(float(self.kl_beta)) and self.kl_beta >= 0):
-            raise ConfigError(f"--kl-beta must be a number >= 0, got {self.kl_beta}")
-        if self.kl_warmup is not None and int(self.kl_warmup) < 1:
-            raise ConfigError(f"--kl-warmup must be a positive sample count, got {self.kl_warmup}")
-        if self.kl_weighted and (self.algorithm != "aevb" or self.estimator == "iwae"):
-            raise ConfigError(
-                "--kl-beta and --kl-warmup weight the KL term of AEVB's estimators A and B; "
-                f"drop them for algorithm {self.algorithm!r}, estimator {self.estimator!r}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}"
-            )
-        if not (math.isfinite(float(self.lr_min)) and self.lr_min >= 0):
-            raise ConfigError(f"--lr-min must be a number >= 0, got {self.lr_min}")
-        if self.lr_min and self.lr_schedule == "constant":
-            raise ConfigError(
-                "--lr-min is where a decaying step size ends; add --lr-schedule cosine"
-            )
-        if self.lr_min and not isinstance(self.lr, str) and self.lr_min >= self.lr:
-            raise ConfigError(f"--lr-min ({self.lr_min:g}) must be below --lr ({self.lr:g})")
-        if self.keep not in ("last", "best"):
-            raise ConfigError(f"unknown --keep {self.keep!r}; choose last or best")
-        if self.patience is not None and int(self.patience) < 1:
-            raise ConfigError(
-                f"--patience must be a positive number of evaluations, got {self.patience}"
-            )
-        if self.precision not in ("float32", "bf16"):
-            raise ConfigError(f"unknown --precision {self.precision!r}; choose float32 or bf16")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
+from .fast import tune_allocator
+from .seeds import split_seed as _split_seed
+from .settings import TrainConfig
 
 # --------------------------------------------------------------------------- optimizers
-
-
-def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adagrad (the paper's) or Adam; ``weight_decay`` = 1/N realises the N(0, I) weight prior."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    if name == "adam":
-        # Adam's weight_decay is L2 on the gradient (not AdamW), i.e. the same Gaussian prior.
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    raise ConfigError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
 def _owned(t: Tensor) -> Tensor:
@@ -250,161 +76,6 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-# --------------------------------------------------------------------------- algorithms
-
-
-class Algorithm:
-    """One training step on a minibatch; subclasses differ only in the step they take."""
-
-    name = ""
-
-    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
-        self.model = model
-        self.config = config
-        self.n_train = n_train
-        wd = 1.0 / n_train if config.weight_prior else 0.0
-        self.optimizer = make_optimizer(model.parameters(), config.optimizer, lr, wd)
-
-    def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """Update the parameters on minibatch x; return the minibatch's mean bound (no sync)."""
-        raise NotImplementedError
-
-    #: Whether the algorithm has a lower bound to report (Monte Carlo EM has none).
-    has_bound = True
-    #: Whether ``step`` needs the minibatch's row indices in the training set (``index=``), e.g.
-    #: for persistent per-datapoint state such as Monte Carlo EM's chains.
-    needs_index = False
-
-    def extra_metrics(self) -> dict:
-        """Algorithm-specific numbers added to each metrics record (none for AEVB)."""
-        return {}
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        """Algorithm state beyond model and optimizer, saved with every checkpoint."""
-        return {}
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Restore what :meth:`state_tensors` saved."""
-
-    def finite_probe(self) -> Tensor:
-        """A 0-d tensor, non-finite when a parameter is (their sum; computed without a sync).
-
-        The Trainer records it after every step: a non-finite or overflowing gradient makes the
-        updated parameters non-finite (Adagrad and Adam turn an inf into NaN), so this names the
-        step of a gradient fault as the bound names the step of a loss fault.
-        """
-        params = getattr(self, "_probe_params", None)
-        if params is None:
-            params = self._probe_params = [p for p in self.model.parameters()]
-        return torch.stack([p.detach().sum() for p in params]).sum()
-
-    @torch.no_grad()
-    def evaluate(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """Per-datapoint lower bound reported for this algorithm's model.
-
-        IWAE runs report the ELBO here (estimator B where the KL is analytic, else A, with L = K);
-        the IWAE bound is logged beside it as ``*_iwae_bound``.
-        """
-        c = self.config
-        est = c.estimator
-        if est == "iwae":
-            est = "B" if self.model.config.supports_estimator("B") else "A"
-        return self.model.elbo(x, est, c.samples, generator)
-
-
-class AEVB(Algorithm):
-    """Algorithm 1: a gradient step on the SGVB estimate of the minibatch bound.
-
-    The step runs on the fast engine (:mod:`aevb.fast`: hand-written forward and backward, flat
-    buffers, one fused optimizer kernel) when it covers the model, else on autograd; both compute
-    the same estimator from the same noise. ``engine`` says which; ``engine_note`` why not fast.
-    """
-
-    name = "aevb"
-
-    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
-        super().__init__(model, config, n_train, lr)
-        self.fast: FastStep | None = None
-        self.engine_note: str | None = None
-        choice = getattr(config, "engine", "auto")
-        if choice != "autograd":
-            reason = unsupported_reason(model, config.estimator) or unsupported_optimizer(
-                self.optimizer
-            )
-            if reason is None and getattr(config, "precision", "float32") == "bf16":
-                reason = "bf16 autocast runs on the autograd step"
-            if reason is None:
-                self.fast = FastStep(model, self.optimizer, config.estimator, config.samples)
-            elif choice == "fast":
-                raise ConfigError(f"engine 'fast' cannot train this model: {reason}; use auto")
-            else:
-                self.engine_note = f"autograd step ({reason})"
-        self.engine = "fast" if self.fast is not None else "autograd"
-        self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
-
-    def finite_probe(self) -> Tensor:
-        if self.fast is not None:
-            return self.fast.flat.sum()  # every parameter is a view into this one buffer
-        return super().finite_probe()
-
-    def step(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        c = self.config
-        if c.kl_weighted:
-            return self._weighted_step(x, generator)
-        if self.fast is not None:
-            return self.fast.step(x, generator)
-        with _autocast(c, x):
-            bound = self.model.objective(x, c.estimator, c.samples, generator)
-        bound = _wide(bound).mean()  # the bound is accumulated in float32 under bf16
-        self.optimizer.zero_grad(set_to_none=True)
-        (-bound).backward()
-        self.optimizer.step()
-        return bound.detach()
-
-    def _weighted_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """A step on E[log p(x|z)] - beta KL; the bound returned is still the beta = 1 bound."""
-        c = self.config
-        beta = c.kl_weight(self.kl_samples)
-        self.kl_samples += len(x) * distributed.world_size()  # global samples
-        if self.fast is not None:
-            return self.fast.step(x, generator, kl_weight=beta)
-        with _autocast(c, x):
-            rec, kl = self.model.elbo_terms(x, c.estimator, c.samples, generator)
-        rec, kl = _wide(rec), _wide(kl)
-        self.optimizer.zero_grad(set_to_none=True)
-        (beta * kl - rec).mean().backward()
-        self.optimizer.step()
-        return (rec - kl).mean().detach()
-
-    def extra_metrics(self) -> dict:
-        c = self.config
-        return {"kl_weight": c.kl_weight(self.kl_samples)} if c.kl_weighted else {}
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        if not self.config.kl_weighted:
-            return {}
-        return {"kl_samples": torch.tensor(self.kl_samples, dtype=torch.int64)}
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        if "kl_samples" in tensors:
-            self.kl_samples = int(tensors["kl_samples"])
-
-
-def _wide(t: Tensor) -> Tensor:
-    """t in float32 where autocast left it in a 16-bit type; else t itself."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-
-
-def _autocast(config: TrainConfig, x: Tensor):
-    """bf16 autocast of a training step (``precision="bf16"``, CUDA), else no context."""
-    if getattr(config, "precision", "float32") == "bf16" and x.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-ALGORITHMS: dict[str, type[Algorithm]] = {"aevb": AEVB}
-
-
 # --------------------------------------------------------------------------- schedule
 
 
@@ -425,12 +96,6 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
 def _se(values: Tensor) -> float:
     """Standard error of the mean over datapoints."""
     return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
-
-
-def _split_seed(seed: int, *parts: int) -> int:
-    """A deterministic 63-bit seed for the (seed, part...) streams: epochs, evaluations, ..."""
-    ss = np.random.SeedSequence([seed, *parts])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 # --------------------------------------------------------------------------- numerical faults
@@ -479,7 +144,12 @@ class FiniteWatch:
 
 
 class Trainer:
-    """Runs an algorithm over a dataset for a budget, logging, checkpointing and resuming."""
+    """Runs an algorithm over a dataset for a budget, logging, checkpointing and resuming.
+
+    What a run does at its events (metrics.jsonl, model selection, TensorBoard, the progress bar,
+    ``on_eval``) is done by callbacks (:mod:`aevb.callbacks`) built from the config; ``callbacks``
+    adds the user's, called after those, in order.
+    """
 
     def __init__(
         self,
@@ -492,6 +162,7 @@ class Trainer:
         on_eval: Callable[[dict], None] | None = None,
         evaluate_points: bool = True,
         valid_x: Tensor | None = None,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.alg = algorithm
         self.model = algorithm.model
@@ -540,17 +211,42 @@ class Trainer:
         self._epoch_perm: Tensor | None = None
         self._epoch = -1
         self._rank_noise()
-        # model selection on the validation split, and TensorBoard files (aevb.selection/tracking)
         self.valid_x = valid_x
         for g in algorithm.optimizer.param_groups:  # the schedule's start (saved with the state)
             g.setdefault("initial_lr", g["lr"])
-        grace = self.steps_per_epoch * m  # patience counts from the end of the first epoch
-        self.selection = Selection(self.run_dir, config.keep, config.patience, grace)
-        self.tracker = RunTracker(self.run_dir) if config.tensorboard and self.run_dir else None
+        self.should_stop = False  # set by a callback (aevb.callbacks): stop after this evaluation
+        self.callbacks: list[Callback] = [*self._default_callbacks(), *(callbacks or ())]
+
+    def _default_callbacks(self) -> list[Callback]:
+        """What a run does at its events, from its config (:mod:`aevb.callbacks`).
+
+        metrics.jsonl (with a run directory), model selection on the validation split (always: its
+        state travels in the checkpoint), TensorBoard files, ``on_eval``, the progress bar.
+        """
+        c = self.config
+        out: list[Callback] = [MetricsFile(self.run_dir)] if self.run_dir is not None else []
+        grace = self.steps_per_epoch * c.batch_size  # patience counts from the end of epoch one
+        self.selection = ModelSelection(self.run_dir, c.keep, c.patience, grace)
+        out.append(self.selection)
+        self.tracker = None
+        if c.tensorboard and self.run_dir is not None:
+            board = TensorBoard(self.run_dir)
+            self.tracker = board.tracker
+            out.append(board)
+        if self.on_eval is not None:
+            out.append(OnEvaluation(self.on_eval))
+        if self.progress:  # the per-evaluation lines are on_eval's when it is given
+            out.append(ProgressBar(lines=self.on_eval is None))
+        return out
+
+    def _notify(self, event: str, *args) -> None:
+        """Call ``event`` of every callback, in order (never per step: see aevb.callbacks)."""
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
 
     def _rank_noise(self) -> None:
         """Autograd steps on several ranks draw their noise from per-rank streams."""
-        if self.world > 1 and not getattr(self.alg, "noise_sharded", False):
+        if self.world > 1 and not self.alg.noise_sharded:
             self.noise.manual_seed(_split_seed(self.config.seed, 1, self.rank, self.step_count))
 
     def _spread(self, fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int) -> Tensor:
@@ -667,6 +363,7 @@ class Trainer:
         self.seconds = float(meta["seconds"])
         self.last_good_step = self.step_count
         self.selection.load_state(meta.get("selection"))
+        self.should_stop = self.selection.stop  # a run stopped early (--patience) stays stopped
         self._rank_noise()
 
     def checkpoint(self) -> None:
@@ -691,6 +388,7 @@ class Trainer:
             },
         )
         self.last_good_step = self.step_count
+        self._notify("on_checkpoint")
 
     def check_finite(self) -> None:
         """Raise NumericalError naming the first step since the last check that went non-finite."""
@@ -729,56 +427,28 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> list[dict]:
-        """Train to the budget; return the metrics recorded by this call."""
+        """Train to the budget; return the metrics recorded by this call.
+
+        The callbacks (:mod:`aevb.callbacks`) hear of the start and the end of the call, of the
+        sync every 20 steps, and of every evaluation and checkpoint; never of a single step.
+        """
         c, m = self.config, self.config.batch_size
         records: list[dict] = []
         total_steps = self.total // m
-        if self.selection.stop:
+        if self.should_stop:
             return records  # stopped early (--patience) before the checkpoint resumed from
-        pending = [s for s in self.schedule if s >= self.samples_seen]
-        if pending and pending[0] == self.samples_seen and self.step_count == 0:
-            records.append(self._log(self.evaluate()))
-            pending.pop(0)
-        elif pending and pending[0] == self.samples_seen:
-            pending.pop(0)  # already logged before the checkpoint we resumed from
-        bar = tqdm(
-            total=self.total,
-            initial=self.samples_seen,
-            unit="samples",
-            unit_scale=True,
-            disable=not self.progress,
-            dynamic_ncols=True,
-            leave=False,
-        )
-        running = torch.zeros((), device=self.train_x.device)
-        # one minibatch buffer for the whole run: no large allocation (and page faults) per step
-        xb = torch.empty(
-            (self.local_batch, *self.train_x.shape[1:]),
-            dtype=self.train_x.dtype,
-            device=self.train_x.device,
-        )
-        if self.train_x.device.type == "cpu":
-            tune_allocator()  # the autograd steps (baselines, fallbacks) allocate every step
-        note = getattr(self.alg, "engine_note", None)
-        if note and self.progress:
-            tqdm.write(f"engine: {note}")
-        n_running = 0
-        scheduled = c.lr_schedule != "constant"
-        if scheduled and self.progress:
-            lr0 = self.alg.optimizer.param_groups[0]["initial_lr"]
-            end = c.lr_at(lr0, self.horizon, self.horizon)
-            tqdm.write(
-                f"step size: {c.lr_schedule} decay from {lr0:g} to {end:g} "
-                f"over {self.horizon:,} samples"
-            )
-        last_ckpt = time.monotonic()
-        last_ckpt_samples = self.samples_seen
-        p0 = next(iter(self.model.parameters()), None)
-        self.watch = FiniteWatch(
-            20, self.train_x.device, p0.dtype if p0 is not None else torch.float32
-        )
-        t0 = time.perf_counter()
         try:
+            self._notify("on_train_start")
+            pending = self._first_evaluation(records)
+            if self.should_stop:  # a callback stopped the run at its first evaluation
+                return records
+            running = torch.zeros((), device=self.train_x.device)
+            xb = self._start_steps()
+            n_running = 0
+            scheduled = c.lr_schedule != "constant"
+            last_ckpt = time.monotonic()
+            last_ckpt_samples = self.samples_seen
+            t0 = time.perf_counter()
             while self.step_count < total_steps:
                 epoch, pos = divmod(self.step_count, self.steps_per_epoch)
                 x, perm = self._epoch_data(epoch)
@@ -787,10 +457,7 @@ class Trainer:
                 torch.index_select(x, 0, idx, out=xb)
                 if scheduled:
                     self._schedule_lr()
-                if self.alg.needs_index:
-                    bound = self.alg.step(xb, self.noise, index=idx)
-                else:
-                    bound = self.alg.step(xb, self.noise)
+                bound = self.alg.step(xb, self.noise, idx)
                 running += bound
                 n_running += 1
                 self.step_count += 1
@@ -800,8 +467,7 @@ class Trainer:
                     self.check_finite()
                     mean_bound = float(distributed.all_reduce_mean_(running)) / n_running
                     self.trace.append(mean_bound)
-                    bar.update(n_running * m)
-                    bar.set_postfix(bound=f"{mean_bound:.2f}", refresh=False)
+                    self._notify("on_step_group", mean_bound, n_running * m)
                     running.zero_()
                     n_running = 0
                 if pending and self.samples_seen >= pending[0]:
@@ -812,9 +478,7 @@ class Trainer:
                     self.checkpoint()
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
-                    if self.selection.stop:  # early stopping on the validation bound
-                        if self.progress:
-                            tqdm.write(f"early stop: no better valid bound in {c.patience} evals")
+                    if self.should_stop:  # early stopping (--patience), or a callback's stop
                         break
                 elif time.monotonic() - last_ckpt > c.checkpoint_seconds or (
                     c.checkpoint_samples is not None
@@ -825,8 +489,50 @@ class Trainer:
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
         finally:
-            bar.close()
+            self._notify("on_train_end")
         return records
+
+    def _first_evaluation(self, records: list[dict]) -> list[int]:
+        """The evaluation points still due; logs the one at 0 samples of a fresh run."""
+        pending = [s for s in self.schedule if s >= self.samples_seen]
+        if pending and pending[0] == self.samples_seen and self.step_count == 0:
+            records.append(self._log(self.evaluate()))
+            pending.pop(0)
+        elif pending and pending[0] == self.samples_seen:
+            pending.pop(0)  # already logged before the checkpoint we resumed from
+        return pending
+
+    def _start_steps(self) -> Tensor:
+        """Before the first step: the start-of-run notes, the allocator, the FiniteWatch; and the
+        run's one minibatch buffer (no large allocation, and page faults, per step)."""
+        xb = torch.empty(
+            (self.local_batch, *self.train_x.shape[1:]),
+            dtype=self.train_x.dtype,
+            device=self.train_x.device,
+        )
+        if self.train_x.device.type == "cpu":
+            tune_allocator()  # the autograd steps (baselines, fallbacks) allocate every step
+        self._start_notes()
+        p0 = next(iter(self.model.parameters()), None)
+        self.watch = FiniteWatch(
+            20, self.train_x.device, p0.dtype if p0 is not None else torch.float32
+        )
+        return xb
+
+    def _start_notes(self) -> None:
+        """With progress: why the step runs on autograd, and the step-size schedule."""
+        c = self.config
+        note = self.alg.engine_note
+        if note and self.progress:
+            tqdm.write(f"engine: {note}")
+        scheduled = c.lr_schedule != "constant"
+        if scheduled and self.progress:
+            lr0 = self.alg.optimizer.param_groups[0]["initial_lr"]
+            end = c.lr_at(lr0, self.horizon, self.horizon)
+            tqdm.write(
+                f"step size: {c.lr_schedule} decay from {lr0:g} to {end:g} "
+                f"over {self.horizon:,} samples"
+            )
 
     def _schedule_lr(self) -> None:
         """Set every parameter group's step size for the next step (TrainConfig.lr_at)."""
@@ -842,21 +548,5 @@ class Trainer:
                 "--init paper"
             )
         self.records.append(rec)
-        if self.run_dir is not None:
-            runs.append_metrics(self.run_dir, rec)
-        self.selection.update(rec, self.model)
-        if self.tracker is not None:
-            lr = self.alg.optimizer.param_groups[0]["lr"]
-            shown = self.valid_x if self.valid_x is not None else self.test_x
-            self.tracker.log(rec, lr, self.model, shown)
-        if self.on_eval is not None:
-            self.on_eval(rec)
-        elif self.progress:
-            line = f"{rec['samples_seen']:>12,d} samples"
-            labels = (("bound", "bound"), ("iwae_bound", "IWAE"), ("log_likelihood", "log p(x)"))
-            for key, label in labels:
-                if f"train_{key}" in rec:
-                    line += f"  {label}: train {rec[f'train_{key}']:9.3f}"
-                    line += f" test {rec.get(f'test_{key}', float('nan')):9.3f}"
-            tqdm.write(line)
+        self._notify("on_evaluation", rec)  # metrics.jsonl first, then selection, ..., the user's
         return rec

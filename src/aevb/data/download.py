@@ -82,14 +82,6 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK) and bool(folder.stat().st_mode & 0o222)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(url: str, dest: Path, rf: RemoteFile, progress: bool = True) -> Path:
     """Fetch ``url`` into ``dest``: temp file, size cap, sha256 check, then atomic rename.
 

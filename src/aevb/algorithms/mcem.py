@@ -4,10 +4,10 @@ No encoder is used. Every training point owns a persistent HMC chain z_i (initia
 prior p(z) with the run's seed; the paper does not say how chains start) and its own leapfrog step
 size. For each minibatch:
 
-1. E-step: one HMC transition of ``mcem_leapfrog`` (10) leapfrog steps on p(z|x) ∝ p(z) p(x|z)
+1. E-step: one HMC transition of ``leapfrog`` (10) leapfrog steps on p(z|x) ∝ p(z) p(x|z)
    for each point's chain; the step size is tuned automatically, per chain, towards
-   ``mcem_target_accept`` (90 %) by a Robbins-Monro update of its logarithm after each transition;
-2. M-step: ``mcem_updates`` (5) optimizer steps on the decoder's parameters with that sample,
+   ``target_accept`` (90 %) by a Robbins-Monro update of its logarithm after each transition;
+2. M-step: ``updates`` (5) optimizer steps on the decoder's parameters with that sample,
    ascending (1/M) Σ log p(x_i, z_i) − ‖θ‖²/(2N) (the same N(0, I) weight prior as AEVB).
 
 Because the target moves as θ learns, the step sizes keep adapting for the whole run; chains and
@@ -18,36 +18,64 @@ bound: progress is reported as marginal-likelihood estimates (Appendix D,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from .hmc import hmc_step, log_prob_and_grad
-from .model import VAE
-from .training import ALGORITHMS, Algorithm, TrainConfig, _split_seed, make_optimizer
+from ..hmc import hmc_step, log_prob_and_grad
+from ..options import above, option, positive, validate
+from ..seeds import split_seed
+from .base import Algorithm
+
+
+def _open_unit(v: float) -> str | None:
+    return None if 0.0 < v < 1.0 else "a number in (0, 1)"
+
+
+@dataclass
+class MCEMOptions:
+    """Monte Carlo EM's own options (``--mcem-leapfrog``, ...)."""
+
+    prefix = "mcem_"
+
+    leapfrog: int = option(10, "MCEM: leapfrog steps per HMC transition", check=positive)
+    updates: int = option(5, "MCEM: parameter updates per sample (M-steps)", check=positive)
+    target_accept: float = option(
+        0.9, "MCEM: HMC acceptance rate the step sizes aim at", check=_open_unit
+    )
+    step_size: float = option(
+        0.1, "MCEM: initial leapfrog step size of every chain", check=above(0)
+    )
+    adapt_rate: float = option(1.0, "MCEM: Robbins-Monro rate of the log step size", check=above(0))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class MonteCarloEM(Algorithm):
     """Monte Carlo EM with persistent per-datapoint HMC chains (Appendix E)."""
 
     name = "mcem"
+    Options = MCEMOptions
     needs_index = True
     has_bound = False
 
-    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
-        self.model = model
-        self.config = config
-        self.n_train = n_train
-        wd = 1.0 / n_train if config.weight_prior else 0.0
-        self.optimizer = make_optimizer(model.decoder.parameters(), config.optimizer, lr, wd)
+    def __init__(self, model, config, n_train: int, lr: float) -> None:
+        super().__init__(model, config, n_train, lr)
         p = next(model.parameters())
-        g = torch.Generator(device=p.device).manual_seed(_split_seed(config.seed, 8))
+        g = torch.Generator(device=p.device).manual_seed(split_seed(config.seed, 8))
         self.z = model.prior.rsample(n_train, g, device=p.device, dtype=p.dtype)
 
         def full(v: float) -> Tensor:
             return torch.full((n_train,), v, device=p.device, dtype=p.dtype)
 
-        self.step_size = full(config.mcem_step_size)
+        self.step_size = full(self.options.step_size)
         self.accept = full(float("nan"))
+
+    def parameter_groups(self):
+        """The decoder alone: MCEM trains no encoder."""
+        return self.model.decoder.parameters()
 
     def _log_joint(self, x: Tensor):
         m = self.model
@@ -58,17 +86,17 @@ class MonteCarloEM(Algorithm):
         return log_joint
 
     def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
-        c = self.config
+        c = self.options
         if index is None:
             raise ValueError("Monte Carlo EM needs the minibatch's indices (index=...)")
         target = self._log_joint(x)
         z, eps = self.z[index], self.step_size[index]
         lp, grad = log_prob_and_grad(target, z)
-        z, lp, _, acc = hmc_step(target, z, lp, grad, eps, c.mcem_leapfrog, generator)
+        z, lp, _, acc = hmc_step(target, z, lp, grad, eps, c.leapfrog, generator)
         self.z[index] = z
-        self.step_size[index] = eps * torch.exp(c.mcem_adapt_rate * (acc - c.mcem_target_accept))
+        self.step_size[index] = eps * torch.exp(c.adapt_rate * (acc - c.target_accept))
         self.accept[index] = acc
-        for _ in range(c.mcem_updates):
+        for _ in range(c.updates):
             loss = -self.model.decoder.log_prob(x, z).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -88,6 +116,3 @@ class MonteCarloEM(Algorithm):
         self.z.copy_(tensors["z"])
         self.step_size.copy_(tensors["step_size"])
         self.accept.copy_(tensors["accept"])
-
-
-ALGORITHMS["mcem"] = MonteCarloEM

@@ -1,6 +1,6 @@
-"""Worker side of the crash tests in test_reliability.py: ``aevb`` commands in killable processes.
+"""Worker side of the crash tests in test_crash_safety.py: ``aevb`` commands in killable processes.
 
-The tests start one server process (:func:`serve`, ``python -c "import reliability_kit as k;
+The tests start one server process (:func:`serve`, ``python -c "import fork_server as k;
 k.serve()"``) that imports torch and aevb once and then forks a worker per command: each worker is
 a separate process, killed with a real SIGKILL, that runs the real command line
 (:func:`aevb.cli.main`) without paying Python's and torch's start-up (seconds) again. A worker can
@@ -17,23 +17,12 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 import sklearn.datasets  # noqa: F401  (the embedded digits data: imported once, in the server)
 import torch
 
 import aevb.cli
 from aevb import runs
-
-
-def add_to_tally_file(tally: dict[str, int]) -> None:
-    """Add a test module's trial counts to the JSON file $AEVB_RELIABILITY_TALLY names, if any."""
-    path = os.environ.get("AEVB_RELIABILITY_TALLY")
-    if path:
-        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        for k, v in tally.items():
-            old[k] = old.get(k, 0) + v
-        Path(path).write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
 
 
 def _die() -> None:
@@ -87,8 +76,6 @@ def _install(fault: tuple) -> None:
 
         def torn_append(run_dir, record) -> None:
             if hit(n):
-                import json
-
                 line = json.dumps(record, sort_keys=True) + "\n"
                 with open(os.path.join(os.fspath(run_dir), runs.METRICS), "a") as f:
                     f.write(line[: len(line) // 2])
@@ -126,8 +113,6 @@ def run_cli(argv: list[str], log: str, fault: tuple | None = None) -> None:
 
 def serve() -> None:
     """The fork server: start and reap workers on request (see the module's docstring)."""
-    import json
-
     torch.set_num_threads(1)
     # what a training run imports lazily (torch's optimizers pull in torch._dynamo: seconds)
     torch.optim.Adagrad([torch.zeros(1, requires_grad=True)])

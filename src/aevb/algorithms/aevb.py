@@ -1,0 +1,84 @@
+"""Algorithm 1 (AEVB): a gradient step on the SGVB estimate of the minibatch bound."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..fast import FastStep
+from .base import Algorithm
+
+
+class AEVB(Algorithm):
+    """Algorithm 1: a gradient step on the SGVB estimate of the minibatch bound.
+
+    The step runs on the fast engine (:mod:`aevb.fast`: hand-written forward and backward, flat
+    buffers, one fused optimizer kernel) when it covers the model, else on autograd; both compute
+    the same estimator from the same noise. ``engine`` says which; ``engine_note`` why not fast.
+    With a KL weight (``TrainConfig.kl_weight``) the step ascends E[log p(x|z)] - beta KL.
+    """
+
+    name = "aevb"
+
+    def __init__(self, model, config, n_train: int, lr: float) -> None:
+        super().__init__(model, config, n_train, lr)
+        c = config
+        self.use_fast(c.estimator, lambda: FastStep(model, self.optimizer, c.estimator, c.samples))
+        self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
+
+    def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
+        c = self.config
+        if c.kl_weighted:
+            return self._weighted_step(x, generator)
+        if self.fast is not None:
+            return self.fast.step(x, generator)
+        with _autocast(c.precision, x):
+            bound = self.model.objective(x, c.estimator, c.samples, generator)
+        bound = _wide(bound).mean()  # the bound is accumulated in float32 under bf16
+        self.optimizer.zero_grad(set_to_none=True)
+        (-bound).backward()
+        self.optimizer.step()
+        return bound.detach()
+
+    def _weighted_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A step on E[log p(x|z)] - beta KL; the bound returned is still the beta = 1 bound."""
+        c = self.config
+        beta = c.kl_weight(self.kl_samples)
+        self.kl_samples += len(x) * distributed.world_size()  # global samples
+        if self.fast is not None:
+            return self.fast.step(x, generator, kl_weight=beta)
+        with _autocast(c.precision, x):
+            rec, kl = self.model.elbo_terms(x, c.estimator, c.samples, generator)
+        rec, kl = _wide(rec), _wide(kl)
+        self.optimizer.zero_grad(set_to_none=True)
+        (beta * kl - rec).mean().backward()
+        self.optimizer.step()
+        return (rec - kl).mean().detach()
+
+    def extra_metrics(self) -> dict:
+        c = self.config
+        return {"kl_weight": c.kl_weight(self.kl_samples)} if c.kl_weighted else {}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        if not self.config.kl_weighted:
+            return {}
+        return {"kl_samples": torch.tensor(self.kl_samples, dtype=torch.int64)}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        if "kl_samples" in tensors:
+            self.kl_samples = int(tensors["kl_samples"])
+
+
+def _wide(t: Tensor) -> Tensor:
+    """t in float32 where autocast left it in a 16-bit type; else t itself."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _autocast(precision: str, x: Tensor):
+    """bf16 autocast of a training step (``precision="bf16"``, CUDA), else no context."""
+    if precision == "bf16" and x.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

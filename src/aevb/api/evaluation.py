@@ -1,0 +1,304 @@
+"""Evaluating a trained run: its bound on a split, the importance-weighted bound and
+estimates of the marginal likelihood log p(x)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..model import VAE
+from ..seeds import split_seed as _split_seed
+from .common import _run_data, resolve_device
+
+
+def evaluate(
+    run_dir: str | Path,
+    split: str = "test",
+    *,
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+    binarize: str | None = None,
+    estimator: str | None = None,
+    samples: int = 1,
+    iwae_samples: int | None = None,
+    seed: int = 0,
+    batch_size: int = 1000,
+    marginal: str | None = None,
+    importance_samples: int = 5000,
+    points: int | None = None,
+    spread: bool = False,
+    chunk_size: int = 4096,
+    hmc_samples: int = 50,
+    hmc_leapfrog: int = 4,
+    hmc_warmup: int = 200,
+    hmc_target_accept: float = 0.9,
+    workers: int | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    which: str = "last",
+    model: str | None = None,
+) -> dict:
+    """The lower bound per datapoint on a split, with its standard error over datapoints.
+
+    ``points`` keeps the first N points of the split (with ``spread``, N points evenly spaced
+    through it: the first ones of a file may not be typical, e.g. binarized MNIST's test set).
+    ``marginal`` ("is", "hmc" or "both") adds
+    estimates of log p(x) on the same points (PAPER.md section 7): importance sampling with the
+    encoder as proposal (``importance_samples`` = K draws per point, decoded ``chunk_size`` pairs
+    at a time) and/or the Appendix D estimator (``hmc_samples`` posterior draws per point,
+    ``hmc_leapfrog`` leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
+    ``hmc_target_accept``). Each comes with its standard error over points, its paired gap to the
+    bound and its settings, under ``result["marginal"][method]``. On CPU both estimators run
+    ``workers`` single-threaded workers (default: torch's thread count), see
+    :func:`aevb.marginal.importance_sampling`. ``iwae_samples`` = K adds the importance-weighted
+    bound (``result["iwae_bound"]``); for runs trained on it, the bound reported is the ELBO (B
+    where the KL is analytic, else A) and K defaults to the run's.
+    ``which="best"`` evaluates best_model.safetensors of a run trained with ``keep="best"`` (as
+    in :func:`load`); ``model=`` is its older spelling, still accepted.
+    """
+    run_dir = Path(run_dir)
+    which = _which(which, model)  # "best": best_model.safetensors of a run trained keep="best"
+    model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
+    est, iwae_samples = _estimators(estimator, iwae_samples, model, cfg)
+    settings = dict(
+        importance_samples=importance_samples,
+        chunk_size=chunk_size,
+        hmc_samples=hmc_samples,
+        hmc_leapfrog=hmc_leapfrog,
+        hmc_warmup=hmc_warmup,
+        hmc_target_accept=hmc_target_accept,
+    )
+    _check_counts(iwae_samples, samples, marginal, workers, **settings)
+    x = _take_points(x, points, spread, split)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    t0 = time.perf_counter()
+    xt, b = _bounds(model, x, est, samples, batch_size, seed, dev)
+    res = {
+        "run": str(run_dir),
+        "data": data or cfg["data"]["spec"],
+        "split": split,
+        "model": which,
+        "binarize": mode,
+        "estimator": est,
+        "samples": samples,
+        "points": len(b),
+        "points_spread": bool(spread and points is not None),
+        "bound": float(b.mean()),
+        "bound_se": _se(b),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    res.update(_iwae(model, xt, iwae_samples, seed, dev))
+    res.update(_marginals(model, xt, b, marginal, seed, dev, progress, settings, workers))
+    return res
+
+
+def _estimators(estimator: str | None, iwae_samples: int | None, model: VAE, cfg: dict):
+    """The ELBO estimator and IWAE K evaluated: the run's unless given (its K for iwae runs)."""
+    if estimator == "iwae":
+        raise ConfigError("--estimator names an ELBO estimator (A or B); use --iwae-samples K")
+    est = estimator or cfg["train"]["estimator"]
+    if est == "iwae":
+        est = "B" if model.config.supports_estimator("B") else "A"
+        iwae_samples = iwae_samples or int(cfg["train"]["samples"])
+    return est, iwae_samples
+
+
+def _bounds(
+    model: VAE,
+    x: np.ndarray,
+    est: str,
+    samples: int,
+    batch_size: int,
+    seed: int,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points as a tensor on ``dev`` and the ELBO of each, ``batch_size`` points at a time."""
+    g = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+        b = torch.cat(
+            [
+                model.elbo(xt[i : i + batch_size], est, samples, g)
+                for i in range(0, len(xt), batch_size)
+            ]
+        )
+    return xt, b
+
+
+def _which(which: str, model: str | None) -> str:
+    """evaluate's model choice: ``which``, or ``model``, its older spelling."""
+    if model is None:
+        return which
+    if which not in ("last", model):
+        raise ConfigError(f"which={which!r} and model={model!r} disagree; give which alone")
+    return model
+
+
+def _check_counts(
+    iwae_samples: int | None,
+    samples: int,
+    marginal: str | None,
+    workers: int | None,
+    *,
+    importance_samples: int,
+    chunk_size: int,
+    hmc_samples: int,
+    hmc_leapfrog: int,
+    hmc_warmup: int,
+    hmc_target_accept: float,
+) -> None:
+    """evaluate's sample counts and estimator settings, each checked with the option's name."""
+    if iwae_samples is not None and iwae_samples < 1:
+        raise ConfigError(f"--iwae-samples must be positive, got {iwae_samples}")
+    if samples < 1:
+        raise ConfigError(f"--samples must be positive, got {samples}")
+    if marginal not in (None, "is", "hmc", "both"):
+        raise ConfigError(f"unknown --marginal {marginal!r}; choose is, hmc or both")
+    for name, v in (
+        ("--importance-samples", importance_samples),
+        ("--chunk-size", chunk_size),
+        ("--hmc-samples", hmc_samples),
+        ("--hmc-leapfrog", hmc_leapfrog),
+        ("--workers", workers or 1),
+    ):
+        if int(v) < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v}")
+    if hmc_warmup < 0:
+        raise ConfigError(f"--hmc-warmup must be >= 0, got {hmc_warmup}")
+    if not 0.0 < hmc_target_accept < 1.0:
+        raise ConfigError(f"--hmc-target-accept must lie in (0, 1), got {hmc_target_accept}")
+
+
+def _take_points(x: np.ndarray, points: int | None, spread: bool, split: str) -> np.ndarray:
+    """The first ``points`` rows of x, or (``spread``) that many evenly spaced through it."""
+    if points is None:
+        return x
+    if points < 1 or points > len(x):
+        raise ConfigError(
+            f"--points must be between 1 and the {len(x)} points of the {split} split, got {points}"
+        )
+    return x[(np.arange(points) * len(x)) // points] if spread else x[:points]
+
+
+def _iwae(
+    model: VAE, xt: torch.Tensor, iwae_samples: int | None, seed: int, dev: torch.device
+) -> dict:
+    """The importance-weighted bound with K = ``iwae_samples``, its standard error and K."""
+    if iwae_samples is None:
+        return {}
+    step = max(1, 20_000 // iwae_samples)  # at most ~20 000 decoded (z, x) pairs at once
+    gi = torch.Generator(device=dev).manual_seed(_split_seed(seed, 9))
+    with torch.no_grad():
+        w = torch.cat(
+            [model.iwae_bound(xt[i : i + step], iwae_samples, gi) for i in range(0, len(xt), step)]
+        )
+    return {"iwae_samples": iwae_samples, "iwae_bound": float(w.mean()), "iwae_bound_se": _se(w)}
+
+
+def _marginals(
+    model: VAE,
+    xt: torch.Tensor,
+    b: torch.Tensor,
+    marginal: str | None,
+    seed: int,
+    dev: torch.device,
+    progress: bool,
+    settings: dict,
+    workers: int | None,
+) -> dict:
+    """``{"marginal": {method: estimate}}``: log p(x) by each method asked for ("both": is, then
+    hmc), each with its own generator; ``{}`` without ``marginal``."""
+    if marginal is None:
+        return {}
+    workers = workers or torch.get_num_threads()
+    methods = ("is", "hmc") if marginal == "both" else (marginal,)
+    out = {}
+    for i, method in enumerate(methods):
+        gm = torch.Generator(device=dev).manual_seed(_split_seed(seed, 8, i))
+        out[method] = _marginal_estimate(
+            model, xt, b, method, gm, progress, **settings, workers=workers
+        )
+    return {"marginal": out}
+
+
+def _se(v: torch.Tensor) -> float:
+    return float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def _marginal_estimate(
+    model: VAE,
+    x: torch.Tensor,
+    bound: torch.Tensor,
+    method: str,
+    generator: torch.Generator,
+    progress: bool,
+    **s,
+) -> dict:
+    """log p(x) by one method: mean, standard error, paired gap to the bound, settings."""
+    from .. import marginal as mlik
+
+    label = "importance sampling" if method == "is" else "Appendix D (HMC)"
+    t0 = time.perf_counter()
+    with tqdm(total=len(x), desc=label, unit="points", disable=not progress, leave=False) as bar:
+        if method == "is":
+            r = mlik.importance_sampling(
+                model,
+                x,
+                s["importance_samples"],
+                chunk_size=s["chunk_size"],
+                workers=s["workers"],
+                generator=generator,
+                progress=bar.update,
+            )
+        else:
+            r = mlik.hmc_marginal(
+                model,
+                x,
+                posterior_samples=s["hmc_samples"],
+                leapfrog_steps=s["hmc_leapfrog"],
+                warmup=s["hmc_warmup"],
+                target_accept=s["hmc_target_accept"],
+                workers=s["workers"],
+                generator=generator,
+                progress=bar.update,
+            )
+    seconds = time.perf_counter() - t0
+    lp = r.log_px.double().cpu()
+    gap = lp - bound.double().cpu()
+    out = {
+        "method": method,
+        "log_likelihood": float(lp.mean()),
+        "se": _se(lp),
+        "gap": float(gap.mean()),
+        "gap_se": _se(gap),
+        "seconds": round(seconds, 3),
+    }
+    if method == "is":
+        ess = r.ess.double().cpu()
+        out.update(
+            importance_samples=r.samples,
+            chunk_size=r.chunk_size,
+            workers=s["workers"],
+            bound_k=float(r.bound.double().mean()),
+            bound_k_se=_se(r.bound.double().cpu()),
+            ess_mean=float(ess.mean()),
+            ess_median=float(ess.median()),
+            ess_min=float(ess.min()),
+        )
+    else:
+        out.update(
+            {k: v for k, v in r.settings.items() if k != "initial_step_size"},
+            workers=s["workers"],
+            accept_rate=float(r.accept_rate.mean()),
+            step_size_median=float(r.step_size.median()),
+            ess_median=float(r.ess.median()),
+            rel_var_median=float(r.rel_var.median()),
+        )
+    return out
