@@ -162,7 +162,7 @@ class _Recorder(Algorithm):
         self.sums: list[torch.Tensor] = []
         self.values: set[float] = set()
 
-    def step(self, x, generator):
+    def step(self, x, generator, index=None):
         self.sums.append(x.double().sum(0))
         self.values |= set(torch.unique(x[:50]).tolist())
         return torch.zeros((), device=x.device)

@@ -315,17 +315,10 @@ def reproduce(
     _check_out(out, proto, mnist)
     started = time.perf_counter()
     todo = [(p, c, out / p.key / c.algorithm) for p, c in proto.runs]
-    n = len(todo)
-    copied = 0
-    for i, (_, curve, run_dir) in enumerate(todo, 1):
-        src = found.get(_curve_key(curve, proto.samples))
-        if src is not None and not (run_dir / runs.CONFIG).exists():
-            _copy_run(src, run_dir)
-            copied += 1
-            if progress:
-                tqdm.write(f"{proto.figure} [{budget}] run {i}/{n}: copied from {src}")
+    copied = _copy_reused(proto, todo, found, budget, progress)
 
     def where(i: int, panel: Panel, curve: Curve) -> str:
+        n = len(todo)
         return f"{proto.figure} [{budget}] run {i}/{n}: {_plain(panel.title)} · {curve.label}"
 
     if jobs == 1:
@@ -342,6 +335,28 @@ def reproduce(
             _train_curve(run_dir, curve.options, proto.samples, data_dir, device, progress)
     else:
         _train_parallel(proto, todo, data_dir, device, jobs, progress, where)
+    summary = {"budget": budget, "mnist": mnist, "curves_copied_this_call": copied}
+    return _write_results(proto, todo, out, summary, started, progress)
+
+
+def _copy_reused(proto: Protocol, todo: list, found: dict, budget: str, progress: bool) -> int:
+    """Copy the curves another reproduction trained (``--reuse``) that are not started here."""
+    copied = 0
+    for i, (_, curve, run_dir) in enumerate(todo, 1):
+        src = found.get(_curve_key(curve, proto.samples))
+        if src is not None and not (run_dir / runs.CONFIG).exists():
+            _copy_run(src, run_dir)
+            copied += 1
+            if progress:
+                tqdm.write(f"{proto.figure} [{budget}] run {i}/{len(todo)}: copied from {src}")
+    return copied
+
+
+def _write_results(
+    proto: Protocol, todo: list, out: Path, summary: dict, started: float, progress: bool
+) -> Reproduction:
+    """The figure (PNG), its table (markdown) and its values (JSON), from the trained curves."""
+    figure = proto.figure
     results = [
         (p, c, api.Run(d, api.load(d), runs.read_config(d), runs.read_metrics(d)))
         for p, c, d in todo
@@ -350,19 +365,19 @@ def reproduce(
     fig_path = out / f"{figure}.png"
     _draw(proto, results, fig_path)
     table = out / f"{figure}.md"
-    runs.atomic_write_bytes(table, _markdown(proto, rows, mnist).encode())
+    runs.atomic_write_bytes(table, _markdown(proto, rows, summary["mnist"]).encode())
     js = out / f"{figure}.json"
     wall = time.perf_counter() - started
     runs.atomic_write_json(
         js,
         {
             "figure": figure,
-            "budget": budget,
-            "mnist": mnist,
+            "budget": summary["budget"],
+            "mnist": summary["mnist"],
             "samples_per_curve": proto.samples,
             "train_seconds": sum(r["seconds"] or 0.0 for r in rows),
             "this_call_seconds": round(wall, 1),
-            "curves_copied_this_call": copied,
+            "curves_copied_this_call": summary["curves_copied_this_call"],
             "rows": rows,
         },
     )

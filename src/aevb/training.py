@@ -32,21 +32,12 @@ from .callbacks import Callback, MetricsFile, ModelSelection, OnEvaluation, Prog
 from .data.base import binarize_tensor
 from .errors import ConfigError, NumericalError
 from .fast import tune_allocator
-from .seeds import split_seed as _split_seed
+from .runs import owned_tensor
+from .seeds import split_seed
 from .settings import TrainConfig
+from .stats import standard_error
 
 # --------------------------------------------------------------------------- optimizers
-
-
-def _owned(t: Tensor) -> Tensor:
-    """t, or a copy of it when it is a view into a larger buffer.
-
-    safetensors refuses tensors that share memory, and the fast engine keeps the parameters and
-    the optimizer state as views into flat buffers.
-    """
-    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        return t.detach().clone()
-    return t
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
@@ -57,7 +48,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], di
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"optim.{idx}.{k}"] = _owned(v)
+                tensors[f"optim.{idx}.{k}"] = owned_tensor(v)
             else:
                 scalars[f"{idx}.{k}"] = v
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
@@ -91,11 +82,6 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
             points.add(min(total, int(math.ceil(s / batch)) * batch))
         k += 1
     return sorted(points)
-
-
-def _se(values: Tensor) -> float:
-    """Standard error of the mean over datapoints."""
-    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 # --------------------------------------------------------------------------- numerical faults
@@ -202,7 +188,7 @@ class Trainer:
         )
         self.trace: list[float] = []  # mean training bound of every group of logged steps
         self.records: list[dict] = []  # evaluation records of this call
-        self.noise = torch.Generator(device=train_x.device).manual_seed(_split_seed(config.seed, 1))
+        self.noise = torch.Generator(device=train_x.device).manual_seed(split_seed(config.seed, 1))
         self.step_count = 0
         self.seconds = 0.0
         self.last_good_step: int | None = None  # step of the last checkpoint written or loaded
@@ -247,7 +233,7 @@ class Trainer:
     def _rank_noise(self) -> None:
         """Autograd steps on several ranks draw their noise from per-rank streams."""
         if self.world > 1 and not self.alg.noise_sharded:
-            self.noise.manual_seed(_split_seed(self.config.seed, 1, self.rank, self.step_count))
+            self.noise.manual_seed(split_seed(self.config.seed, 1, self.rank, self.step_count))
 
     def _spread(self, fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int) -> Tensor:
         """fn over x in chunks; on several ranks each does its share and all get the whole."""
@@ -263,10 +249,10 @@ class Trainer:
             c = self.config
             x = self.train_x
             if c.binarize == "dynamic":
-                x = binarize_tensor(x, "dynamic", _split_seed(c.seed, 2, epoch))
+                x = binarize_tensor(x, "dynamic", split_seed(c.seed, 2, epoch))
             elif c.binarize == "static":
-                x = binarize_tensor(x, "static", _split_seed(c.seed, 3))
-            g = torch.Generator().manual_seed(_split_seed(c.seed, 4, epoch))
+                x = binarize_tensor(x, "static", split_seed(c.seed, 3))
+            g = torch.Generator().manual_seed(split_seed(c.seed, 4, epoch))
             self._epoch_perm = torch.randperm(len(x), generator=g).to(x.device)
             self._epoch_x, self._epoch = x, epoch
         return self._epoch_x, self._epoch_perm
@@ -276,7 +262,7 @@ class Trainer:
         x = x[: self.config.eval_size]
         mode = self.config.binarize
         if mode in ("dynamic", "static"):
-            x = binarize_tensor(x, "static", _split_seed(self.config.seed, 5, split_id))
+            x = binarize_tensor(x, "static", split_seed(self.config.seed, 5, split_id))
         return x
 
     # ---------------------------------------------------------------- evaluation
@@ -289,7 +275,7 @@ class Trainer:
         distributed.check_replicas(self.model.parameters())  # the ranks hold the same model
         ranks = (self.rank,) if self.world > 1 else ()  # each rank its own evaluation noise
         g = torch.Generator(device=self.train_x.device).manual_seed(
-            _split_seed(self.config.seed, 6, self.samples_seen, *ranks)
+            split_seed(self.config.seed, 6, self.samples_seen, *ranks)
         )
         self.model.eval()
         splits = (("train", self.train_x), ("test", self.test_x), ("valid", self.valid_x))
@@ -300,18 +286,18 @@ class Trainer:
             if self.alg.has_bound:
                 b = self._spread(lambda t: self.alg.evaluate(t, g), xe, 2000)
                 rec[f"{name}_bound"] = float(b.mean())
-                rec[f"{name}_bound_se"] = _se(b)
+                rec[f"{name}_bound_se"] = standard_error(b)
             if self.config.estimator == "iwae":
                 k = self.config.samples
                 step = max(1, 20_000 // k)  # at most ~20 000 decoded (z, x) pairs at once
                 w = self._spread(lambda t, k=k: self.model.iwae_bound(t, k, g), xe, step)
                 rec[f"{name}_iwae_bound"] = float(w.mean())
-                rec[f"{name}_iwae_bound_se"] = _se(w)
+                rec[f"{name}_iwae_bound_se"] = standard_error(w)
             if self.config.eval_marginal is not None:
                 xm = xe[: self.config.eval_marginal_points]
                 ll = self._spread(lambda t: self._log_likelihood(t, g), xm, len(xm))
                 rec[f"{name}_log_likelihood"] = float(ll.mean())
-                rec[f"{name}_log_likelihood_se"] = _se(ll)
+                rec[f"{name}_log_likelihood_se"] = standard_error(ll)
                 if self.alg.has_bound:  # the bound on the same points, for a like-for-like gap
                     sub = self._spread(lambda t: self.alg.evaluate(t, g), xm, len(xm))
                     rec[f"{name}_bound_subset"] = float(sub.mean())
@@ -339,7 +325,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> tuple[dict[str, Tensor], dict]:
-        tensors = {f"model.{k}": _owned(v) for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": owned_tensor(v) for k, v in self.model.state_dict().items()}
         opt_t, opt_meta = optimizer_tensors(self.alg.optimizer)
         tensors.update(opt_t)
         tensors["rng.noise"] = self.noise.get_state()
@@ -379,7 +365,7 @@ class Trainer:
         if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
             raise self._diverged(self.step_count, "parameters", float("nan"))
         tensors, meta = self.state()
-        model_sd = {k: _owned(v) for k, v in self.model.state_dict().items()}
+        model_sd = {k: owned_tensor(v) for k, v in self.model.state_dict().items()}
         runs.commit(
             self.run_dir,
             {
@@ -415,7 +401,7 @@ class Trainer:
         fix = f"a smaller step size (--lr, here {c.lr})"
         if c.init != "paper":
             fix += " or the default --init paper"
-        if getattr(self.model.config, "likelihood", "") == "gaussian":
+        if self.model.config.likelihood == "gaussian":
             fix += (
                 " (with the Gaussian decoder this is usually its variance collapsing onto "
                 "near-constant pixels: its log-variance has no floor)"

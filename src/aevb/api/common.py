@@ -14,7 +14,7 @@ from .. import figures, runs
 from ..data import DATASETS, Dataset, check_support, load_dataset
 from ..errors import ConfigError, DataError, RunError
 from ..model import VAE, ModelConfig
-from ..seeds import split_seed as _split_seed
+from ..seeds import split_seed
 from ..selection import BEST_MODEL
 
 
@@ -148,7 +148,7 @@ def _run_data(
     x = ds.split(split)
     check_support(x, model.config.likelihood, mode, f"{ds.name} ({split})")
     if mode in ("dynamic", "static"):
-        g = torch.Generator().manual_seed(_split_seed(cfg["train"]["seed"], 7))
+        g = torch.Generator().manual_seed(split_seed(cfg["train"]["seed"], 7))
         x = torch.bernoulli(torch.from_numpy(x), generator=g).numpy()
     return model, x, mode, cfg
 

@@ -3,7 +3,6 @@ estimates of the marginal likelihood log p(x)."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..model import VAE
-from ..seeds import split_seed as _split_seed
+from ..seeds import split_seed
+from ..stats import standard_error
 from .common import _run_data, resolve_device
 
 
@@ -91,7 +91,7 @@ def evaluate(
         "points": len(b),
         "points_spread": bool(spread and points is not None),
         "bound": float(b.mean()),
-        "bound_se": _se(b),
+        "bound_se": standard_error(b),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     res.update(_iwae(model, xt, iwae_samples, seed, dev))
@@ -194,12 +194,16 @@ def _iwae(
     if iwae_samples is None:
         return {}
     step = max(1, 20_000 // iwae_samples)  # at most ~20 000 decoded (z, x) pairs at once
-    gi = torch.Generator(device=dev).manual_seed(_split_seed(seed, 9))
+    gi = torch.Generator(device=dev).manual_seed(split_seed(seed, 9))
     with torch.no_grad():
         w = torch.cat(
             [model.iwae_bound(xt[i : i + step], iwae_samples, gi) for i in range(0, len(xt), step)]
         )
-    return {"iwae_samples": iwae_samples, "iwae_bound": float(w.mean()), "iwae_bound_se": _se(w)}
+    return {
+        "iwae_samples": iwae_samples,
+        "iwae_bound": float(w.mean()),
+        "iwae_bound_se": standard_error(w),
+    }
 
 
 def _marginals(
@@ -221,15 +225,11 @@ def _marginals(
     methods = ("is", "hmc") if marginal == "both" else (marginal,)
     out = {}
     for i, method in enumerate(methods):
-        gm = torch.Generator(device=dev).manual_seed(_split_seed(seed, 8, i))
+        gm = torch.Generator(device=dev).manual_seed(split_seed(seed, 8, i))
         out[method] = _marginal_estimate(
             model, xt, b, method, gm, progress, **settings, workers=workers
         )
     return {"marginal": out}
-
-
-def _se(v: torch.Tensor) -> float:
-    return float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 def _marginal_estimate(
@@ -275,9 +275,9 @@ def _marginal_estimate(
     out = {
         "method": method,
         "log_likelihood": float(lp.mean()),
-        "se": _se(lp),
+        "se": standard_error(lp),
         "gap": float(gap.mean()),
-        "gap_se": _se(gap),
+        "gap_se": standard_error(gap),
         "seconds": round(seconds, 3),
     }
     if method == "is":
@@ -287,7 +287,7 @@ def _marginal_estimate(
             chunk_size=r.chunk_size,
             workers=s["workers"],
             bound_k=float(r.bound.double().mean()),
-            bound_k_se=_se(r.bound.double().cpu()),
+            bound_k_se=standard_error(r.bound.double().cpu()),
             ess_mean=float(ess.mean()),
             ess_median=float(ess.median()),
             ess_min=float(ess.min()),

@@ -21,7 +21,7 @@ from ..data import Dataset, check_support, load_dataset
 from ..errors import ConfigError, DataError, NumericalError, RunError
 from ..model import VAE, ModelConfig, default_estimator
 from ..options import declared
-from ..seeds import split_seed as _split_seed
+from ..seeds import split_seed
 from ..settings import LR_CANDIDATES, DataOptions, TrainConfig, TrainSettings, settings_from
 from ..training import Trainer
 from .common import Run, _standard_stats, _standardize, resolve_device
@@ -38,7 +38,7 @@ def _build_model(
     model = VAE(mcfg)
     if tcfg.init == "paper":
         model.init_parameters(
-            tcfg.init_std, torch.Generator().manual_seed(_split_seed(tcfg.seed, 0))
+            tcfg.init_std, torch.Generator().manual_seed(split_seed(tcfg.seed, 0))
         )
     if tcfg.decoder_bias_init and train_x is not None:
         model.init_decoder_bias(train_x.double().mean(0).cpu())  # Burda et al.'s trick

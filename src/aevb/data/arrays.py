@@ -171,6 +171,23 @@ def select_columns(
     return np.ascontiguousarray(x[:, idx]), picked
 
 
+def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """A user file's arrays by name (a .csv's one array is "data"), and a .csv's header names."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; give a .npy, .npz or .csv file or --data digits")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a .npy, .npz or .csv file")
+    if path.suffix.lower() != ".csv":
+        return _load_file(path), None
+    try:
+        data, names = _read_csv(path)
+    except (ValueError, OSError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: cannot read as .csv ({e}); is the file complete?") from None
+    return {"data": data}, names
+
+
 def load_array_file(
     path: str | Path,
     image_shape: tuple[int, int] | None = None,
@@ -186,21 +203,7 @@ def load_array_file(
     "valid", unless an .npz brings its own ``valid`` array.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file; give a .npy, .npz or .csv file or --data digits")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; give a .npy, .npz or .csv file")
-    names = None
-    if path.suffix.lower() == ".csv":
-        try:
-            data, names = _read_csv(path)
-        except (ValueError, OSError) as e:
-            if isinstance(e, DataError):
-                raise
-            raise DataError(f"{path}: cannot read as .csv ({e}); is the file complete?") from None
-        arrays = {"data": data}
-    else:
-        arrays = _load_file(path)
+    arrays, names = _read_arrays(path)
     picked = None
     if columns:
         for k, a in arrays.items():
