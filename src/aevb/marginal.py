@@ -235,6 +235,56 @@ class HMCMarginalResult:
     settings: dict
 
 
+def _hmc_batch(model, xb: Tensor, g: torch.Generator, s: dict) -> tuple[Tensor, ...]:
+    """Appendix D on one batch of points: HMC chains, a Gaussian fit to their first draws, and
+    the estimate from fresh draws; returns (log p(x), ESS, relative variance, acceptance, step)."""
+    chains = s["chains"]
+    with torch.no_grad():
+        if s["init"] == "encoder":
+            z0 = model.encoder.posterior(xb).rsample(chains, g)
+        else:
+            z0 = model.prior.rsample(chains * len(xb), g, device=xb.device, dtype=xb.dtype).reshape(
+                chains, len(xb), -1
+            )
+
+    def target(z: Tensor) -> Tensor:
+        return log_joint(model, xb, z)
+
+    common = {"n_leapfrog": s["leapfrog_steps"], "thin": s["thin"], "generator": g}
+    fit_run = hmc.sample(
+        target,
+        z0,
+        s["posterior_samples"],
+        n_warmup=s["warmup"],
+        step_size=s["initial_step_size"],
+        target_accept=s["target_accept"],
+        **common,
+    )
+    fresh = hmc.sample(
+        target,
+        fit_run.z,
+        s["posterior_samples"],
+        n_warmup=0,
+        step_size=fit_run.step_size,
+        adapt=False,
+        **common,
+    )
+    with torch.no_grad():
+        b, d = len(xb), z0.shape[-1]
+        fit = GaussianFit(fit_run.samples.reshape(-1, b, d), s["ridge"])  # (L*chains, B, D)
+        z = fresh.samples.reshape(-1, b, d)
+        log_r = fit.log_prob(z) - fresh.log_prob.reshape(-1, b)  # log q(z) - log p(x, z)
+        acc = LogMeanExp()
+        acc.add(log_r)
+        return (
+            -acc.log_mean,
+            acc.ess,
+            acc.n / acc.ess - 1.0,
+            fresh.accept_rate.mean(0),
+            fresh.step_size.mean(0),
+        )
+
+
 def hmc_marginal(
     model,
     x: Tensor,
@@ -293,50 +343,7 @@ def hmc_marginal(
     def run(i: int) -> tuple[Tensor, ...]:
         xb = x[starts[i] : starts[i] + batch_size]
         g = torch.Generator(device=x.device).manual_seed(seeds[i])
-        with torch.no_grad():
-            if init == "encoder":
-                z0 = model.encoder.posterior(xb).rsample(chains, g)
-            else:
-                z0 = model.prior.rsample(
-                    chains * len(xb), g, device=xb.device, dtype=xb.dtype
-                ).reshape(chains, len(xb), -1)
-
-        def target(z: Tensor) -> Tensor:
-            return log_joint(model, xb, z)
-
-        common = {"n_leapfrog": leapfrog_steps, "thin": thin, "generator": g}
-        fit_run = hmc.sample(
-            target,
-            z0,
-            posterior_samples,
-            n_warmup=warmup,
-            step_size=step_size,
-            target_accept=target_accept,
-            **common,
-        )
-        fresh = hmc.sample(
-            target,
-            fit_run.z,
-            posterior_samples,
-            n_warmup=0,
-            step_size=fit_run.step_size,
-            adapt=False,
-            **common,
-        )
-        with torch.no_grad():
-            b, d = len(xb), z0.shape[-1]
-            fit = GaussianFit(fit_run.samples.reshape(-1, b, d), ridge)  # (L*chains, B, D)
-            z = fresh.samples.reshape(-1, b, d)
-            log_r = fit.log_prob(z) - fresh.log_prob.reshape(-1, b)  # log q(z) - log p(x, z)
-            acc = LogMeanExp()
-            acc.add(log_r)
-            out = (
-                -acc.log_mean,
-                acc.ess,
-                acc.n / acc.ess - 1.0,
-                fresh.accept_rate.mean(0),
-                fresh.step_size.mean(0),
-            )
+        out = _hmc_batch(model, xb, g, settings)
         if progress is not None:
             progress(len(xb))
         return out
