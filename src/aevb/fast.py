@@ -13,15 +13,16 @@ without autograd's graph and without allocating anything per step:
 - scale factors (1/(M L)) are folded into the ``alpha`` of the matrix products, and the activation
   derivative is one ``tanh_backward`` / ``threshold_backward`` kernel.
 
-The engine is an implementation detail of :class:`aevb.training.AEVB`: the module's parameters and
-the torch optimizer's state tensors stay the canonical ones (they are views into the flat
+The engine is an implementation detail of :class:`aevb.algorithms.AEVB`: the module's parameters
+and the torch optimizer's state tensors stay the canonical ones (they are views into the flat
 buffers), so ``model.state_dict()``, ``optimizer.state_dict()``, checkpoints and resume are the
 same as with the autograd step. If someone replaces them (``load_state_dict`` of the optimizer,
 ``model.to(...)``), the next step notices and re-adopts them.
 
 Covered: depth-1 MLPs with tanh or relu, Gaussian posterior and N(0, I) prior, Bernoulli or Gaussian
-decoder, estimators A and B, any L, Adagrad or Adam as built by :func:`aevb.training.make_optimizer`
-(weight decay = the N(0, I) weight prior), float32 or float64, CPU or CUDA (no host
+decoder, estimators A and B, any L, Adagrad or Adam as built by
+:func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I) weight prior), float32 or
+float64, CPU or CUDA (no host
 synchronisation: the step returns a 0-d tensor). Everything else falls back to autograd; see
 :func:`unsupported_reason`. :class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
 """

@@ -383,17 +383,15 @@ for _group, _cls in GROUPS.items():
             raise TypeError(f"option {_f.name!r} declared in {OWNER[_f.name]} and {_group}")
         OWNER[_f.name] = _group
 
-OLD_NAMES = {"algorithm_options": "a dict of algorithm options (mcem_leapfrog=..., ...)"}
-"""Keywords of earlier releases still accepted by :func:`settings_from`."""
-
-
 def settings_from(
     options: dict[str, Any], base: TrainSettings | None = None, where: str = "aevb.train"
 ) -> TrainSettings:
     """Settings from flat options and group objects (``model=ModelOptions(...)``), checked.
 
     Unknown keys name the closest valid one; values of the wrong type or outside their choices
-    are one-line :class:`~aevb.errors.ConfigError` s. Nothing is created or loaded here.
+    are one-line :class:`~aevb.errors.ConfigError` s. Flat options override a group given in the
+    same call. ``algorithm_options={...}``, the spelling of earlier releases, is still taken.
+    Nothing is created or loaded here.
     """
     options = dict(options)
     options.update(options.pop("algorithm_options", None) or {})  # the old spelling

@@ -1,8 +1,8 @@
 """The one training engine (Algorithm 1 and the protocol of PAPER.md section 6).
 
-An *algorithm* is only the step it takes on a minibatch (:class:`Algorithm`); the :class:`Trainer`
-owns everything else: minibatch order, binarization, the evaluation schedule, metrics,
-checkpoints and resume. AEVB is :class:`AEVB`; later baselines plug into the same loop.
+An *algorithm* is only the step it takes on a minibatch (:mod:`aevb.algorithms`); the
+:class:`Trainer` owns everything else: minibatch order, binarization, the evaluation schedule,
+checkpoints and resume, and tells its callbacks (:mod:`aevb.callbacks`) of each event.
 
 Objective and weight prior. For N training points and a minibatch of M, the paper maximises
 (N/M) sum_i L(x_i) + log p(theta) with p(theta) = N(0, I). We divide the whole objective by N so the
@@ -37,7 +37,7 @@ from .seeds import split_seed
 from .settings import TrainConfig
 from .stats import standard_error
 
-# --------------------------------------------------------------------------- optimizers
+# --------------------------------------------------------------------------- optimizer state
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:

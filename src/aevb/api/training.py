@@ -174,6 +174,8 @@ def train(
     elif data is not None:
         options["data"] = data
     if resume is not None:
+        if settings is not None:
+            options["settings"] = settings  # refused: a resumed run keeps its own settings
         return _resume(Path(resume), options, callbacks, progress, draw_figures)
     s = settings_from(options, settings)
     dev = distributed.setup_from_env(resolve_device(s.run.device))  # under torchrun: join
