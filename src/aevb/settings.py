@@ -383,6 +383,7 @@ for _group, _cls in GROUPS.items():
             raise TypeError(f"option {_f.name!r} declared in {OWNER[_f.name]} and {_group}")
         OWNER[_f.name] = _group
 
+
 def settings_from(
     options: dict[str, Any], base: TrainSettings | None = None, where: str = "aevb.train"
 ) -> TrainSettings:
