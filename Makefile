@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 AEVB_DATA_DIR ?= $(abspath ../shared/data)
 export AEVB_DATA_DIR
 
-.PHONY: demo test lint format bench install
+.PHONY: demo test lint typecheck format bench install docs docs-serve package
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,24 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+## Static type check of src/aevb (configuration: [tool.mypy] in pyproject.toml).
+typecheck: install
+	$(BIN)/mypy
+
 format: install
 	$(BIN)/ruff format src tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/bench_train.py
+
+## Build the sdist and wheel, twine check them, install the wheel into a fresh venv and train
+## from it (.ci/package-check; a few minutes).
+package: install
+	PYTHON=$(PYTHON) BUILD_PYTHON=$(BIN)/python .ci/package-check
+
+## The documentation site (mkdocs.yml): built into site/, every link and API reference checked.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(BIN)/mkdocs serve

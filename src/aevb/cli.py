@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, api, distributed, experiments, runs, settings
+from . import __version__, api, compat, distributed, experiments, runs, settings
 from .config import load_config
 from .data import BINARIZE_MODES
 from .errors import AevbError, ConfigError
@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aevb",
         description="Auto-Encoding Variational Bayes: train and use variational auto-encoders.",
     )
-    parser.add_argument("--version", action="version", version=f"aevb {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"aevb {__version__} (run format {runs.FORMAT_VERSION}; {compat.describe()})",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1)")
     _add_train_arguments(t)
@@ -81,7 +85,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     settings.add_train_arguments(parser)
 
 
-def _add_evaluate_parser(sub) -> None:
+def _add_evaluate_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     e = sub.add_parser("evaluate", help="lower bound on a split, with its standard error")
     e.add_argument("run_dir", metavar="RUNDIR")
     _data_args(e, None)
@@ -149,7 +153,7 @@ def _add_evaluate_parser(sub) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
 
-def _add_tool_parsers(sub) -> None:
+def _add_tool_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("sample", help="decoder means for z drawn from the prior")
     s.add_argument("run_dir", metavar="RUNDIR")
     s.add_argument("--n", type=positive_int, default=100)
@@ -186,7 +190,7 @@ def _add_tool_parsers(sub) -> None:
     dc.set_defaults(func=_cmd_decode)
 
 
-def _add_plot_interpolate_verify_parsers(sub) -> None:
+def _add_plot_interpolate_verify_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     pl = sub.add_parser("plot", help="bound-vs-samples curves of several runs on one figure")
     pl.add_argument("run_dirs", metavar="RUNDIR", nargs="+")
     pl.add_argument("--out", required=True, help="FILE.png")
@@ -222,7 +226,7 @@ def _add_plot_interpolate_verify_parsers(sub) -> None:
     vf.set_defaults(func=_cmd_verify)
 
 
-def _add_reproduce_parser(sub) -> None:
+def _add_reproduce_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     rp = sub.add_parser(
         "reproduce", help="a figure of the paper (2-5), its table and values (docs/REPRODUCTION.md)"
     )
@@ -265,7 +269,7 @@ def _add_reproduce_parser(sub) -> None:
     rp.set_defaults(func=_cmd_reproduce)
 
 
-def _columns(value) -> list[str] | None:
+def _columns(value: str | list[str] | None) -> list[str] | None:
     """--columns a,b,c (or a list from a config file) as a list of names/indices."""
     if value is None or isinstance(value, list):
         return value

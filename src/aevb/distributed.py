@@ -26,15 +26,19 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import compat
 from .errors import ConfigError, DataError, RunError
+
+if TYPE_CHECKING:
+    from .algorithms.base import Algorithm
 
 TIMEOUT_ENV = "AEVB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
@@ -164,7 +168,7 @@ def teardown() -> None:
 
 
 @contextlib.contextmanager
-def _collective(what: str):
+def _collective(what: str) -> Iterator[None]:
     """Turn a failed collective (a rank that died or hung) into one clear RankLostError."""
     try:
         yield
@@ -208,9 +212,9 @@ def average_gradients(params: Iterable[Tensor]) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads or not active():
         return
-    flat = torch._utils._flatten_dense_tensors(grads)
+    flat = compat.flatten(grads)
     all_reduce_mean_(flat)
-    for g, new in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+    for g, new in zip(grads, compat.unflatten(flat, grads), strict=True):
         g.copy_(new)
 
 
@@ -259,7 +263,7 @@ def broadcast_(tensors: Iterable[Tensor]) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def make_data_parallel(alg) -> None:
+def make_data_parallel(alg: Algorithm) -> None:
     """Average alg's gradients over ranks before each of its parameter updates.
 
     The fast AEVB engine gets a hook on its flat gradient buffer and draws the noise of the whole
@@ -275,7 +279,7 @@ def make_data_parallel(alg) -> None:
         alg.noise_sharded = True
         return
 
-    def hook(opt: torch.optim.Optimizer, args, kwargs) -> None:
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         average_gradients(p for g in opt.param_groups for p in g["params"])
 
     alg.optimizer.register_step_pre_hook(hook)

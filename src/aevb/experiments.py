@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -119,10 +120,12 @@ def protocol(figure: str, budget: str = "quick", mnist: str = "binarized-mnist")
     mnist_opts = {**common, "data": mnist, "hidden": 500}
     frey_opts = {**common, "data": "frey", "hidden": 200}
 
-    def curves(opts: dict, algorithms: tuple[str, ...], **extra) -> tuple[Curve, ...]:
+    def curves(opts: dict, algorithms: tuple[str, ...], **extra: Any) -> tuple[Curve, ...]:
         return tuple(Curve(a, {**opts, **extra, "algorithm": a}) for a in algorithms)
 
-    def nz_panels(dataset: str, opts: dict, dims: tuple[int, ...], algs) -> list[Panel]:
+    def nz_panels(
+        dataset: str, opts: dict, dims: tuple[int, ...], algs: tuple[str, ...]
+    ) -> list[Panel]:
         name = "MNIST" if dataset == "mnist" else "Frey Face"
         return [
             Panel(f"{dataset}-nz{d}", f"{name}, $N_z$ = {d}", curves(opts, algs, latent_dim=d))
@@ -386,7 +389,15 @@ def _write_results(
     return Reproduction(out, fig_path, table, js, rows)
 
 
-def _train_parallel(proto, todo, data_dir, device, jobs, progress, where) -> None:
+def _train_parallel(
+    proto: Protocol,
+    todo: list,
+    data_dir: str | Path | None,
+    device: str,
+    jobs: int,
+    progress: bool,
+    where: Callable[[int, Panel, Curve], str],
+) -> None:
     """Train the curves in ``jobs`` spawned worker processes; one line per finished curve."""
     import multiprocessing
     import os
@@ -505,7 +516,7 @@ def _markdown(proto: Protocol, rows: list[dict], mnist: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _draw(proto: Protocol, results, path: Path) -> None:
+def _draw(proto: Protocol, results: list[tuple[Panel, Curve, api.Run]], path: Path) -> None:
     """The figure in the paper's layout."""
     if proto.kind == "curves":
         panels: dict[str, tuple[str, list]] = {}

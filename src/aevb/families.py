@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from .latent import LOG_2PI, DiagonalNormal, LatentDistribution, StandardNormal,
 
 POSTERIORS: dict[str, type[LatentDistribution]] = {"normal": DiagonalNormal}
 """Posterior families by name (``--posterior``): the class an encoder's outputs build."""
-PRIORS: dict[str, Callable[[int], LatentDistribution]] = {"normal": StandardNormal}
+PRIORS: dict[str, Callable[[int], StandardNormal | StandardPrior]] = {"normal": StandardNormal}
 """Priors by name (``--prior``): called with the latent dimension J."""
 
 EULER_GAMMA = 0.5772156649015329
@@ -292,9 +292,18 @@ class LogNormal(Family):
     n_params = 2
     param_names = LocationScale.param_names
     support = "positive"
-    loc = LocationScale.loc
-    log_scale = LocationScale.log_scale
-    scale = LocationScale.scale
+
+    @property
+    def loc(self) -> Tensor:
+        return self.raw[0]
+
+    @property
+    def log_scale(self) -> Tensor:
+        return self.raw[1]
+
+    @property
+    def scale(self) -> Tensor:
+        return torch.exp(self.log_scale)
 
     def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         like = self._like()
@@ -351,7 +360,10 @@ class StandardPrior(LatentDistribution):
 
 def standard_prior(family: type[Family]) -> type[StandardPrior]:
     """The prior class of a family (one per family, so that KLs can be registered per pair)."""
-    cls = type(f"Standard{family.__name__}", (StandardPrior,), {"family": family})
+    cls = cast(
+        "type[StandardPrior]",
+        type(f"Standard{family.__name__}", (StandardPrior,), {"family": family}),
+    )
     cls.name = family.name
     cls.support = family.support
     cls.__doc__ = f"{family.__name__} with raw parameters 0: the prior p(z) named {family.name!r}."
@@ -359,7 +371,9 @@ def standard_prior(family: type[Family]) -> type[StandardPrior]:
     return cls
 
 
-def register_family(family: type[Family], kl=None) -> type[StandardPrior]:
+def register_family(
+    family: type[Family], kl: Callable[[Any, Any], Tensor] | None = None
+) -> type[StandardPrior]:
     """Add a family (and its standard prior) to POSTERIORS and PRIORS; register its KL.
 
     ``kl(q, p)`` is the per-coordinate KL between two members of the family; it is registered for

@@ -6,7 +6,8 @@ without autograd's graph and without allocating anything per step:
 
 - every parameter of the model becomes a view into one flat buffer, and every gradient is written
   (``out=``, ``addmm_`` with ``beta=0``) into the matching view of one flat gradient buffer, so the
-  optimizer is one fused kernel (``torch.optim``'s fused Adagrad or Adam) over a single tensor;
+  optimizer is one fused kernel (``torch.optim``'s fused Adagrad or Adam) over a single tensor
+  (private torch functions, reached through :mod:`aevb.compat`, which has public fallbacks);
 - intermediate activations live in preallocated buffers, reused every step. Besides saving the
   allocator's work this avoids glibc returning large blocks to the system and faulting them back
   in on the next step, which costs a plain eager loop a third of its time on CPU;
@@ -31,12 +32,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from . import compat
 from .distributions import LOG_2PI
 from .runs import owned_tensor
+
+if TYPE_CHECKING:
+    from .model import ModelConfig
 
 _ALLOCATOR_TUNED = False
 
@@ -101,8 +107,9 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
 
 def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear] | None:
     """(encoder hidden, encoder head, decoder hidden, decoder head) linear layers, or None."""
+    vae: Any = model  # duck-typed: any failure below means "not the standard MLP"
     try:
-        enc, dec = model.encoder.net, model.decoder.net
+        enc, dec = vae.encoder.net, vae.decoder.net
         layers = (enc.trunk[0], enc.head, dec.trunk[0], dec.head)
     except (AttributeError, IndexError, TypeError):
         return None
@@ -150,9 +157,14 @@ class FastStep:
         self.model = model
         self.optimizer = optimizer
         self.kind = OPTIMIZERS[type(optimizer)]
+        # torch's private kernels or their public fallbacks (aevb.compat), bound once: no
+        # indirection per step
+        self._fused_adagrad_ = compat.fused_adagrad_
+        self._fused_adam_ = compat.fused_adam_
+        self._softplus = compat.softplus
         self.estimator = estimator
         self.L = int(samples)
-        c = model.config
+        c = cast("ModelConfig", model.config)  # checked by unsupported_reason
         self.J, self.D, self.H = c.latent_dim, c.x_dim, c.hidden
         self.gaussian = c.likelihood == "gaussian"
         self.relu = c.activation == "relu"
@@ -164,7 +176,7 @@ class FastStep:
         for n in sizes:
             self.offsets.append(self.offsets[-1] + n)
         n_total = self.offsets[-1]
-        kw = {"dtype": self.dtype, "device": self.device}
+        kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
         self.flat = torch.zeros(n_total, **kw)
         self.grad = torch.zeros(n_total, **kw)
         self.state_a = torch.zeros(n_total, **kw)  # Adagrad: sum; Adam: exp_avg
@@ -221,7 +233,7 @@ class FastStep:
         if [id(p) for p in opt.param_groups[0]["params"]] != [id(p) for p in self.params]:
             raise RuntimeError("the optimizer's parameters are not the model's, in order")
         names = ("sum",) if self.kind == "adagrad" else ("exp_avg", "exp_avg_sq")
-        flats = (self.state_a,) if self.kind == "adagrad" else (self.state_a, self.state_b)
+        flats = tuple(t for t in (self.state_a, self.state_b) if t is not None)  # state_b: Adam
         for i, p in enumerate(self.params):
             st = opt.state[p]
             for name, flat in zip(names, flats, strict=True):
@@ -242,7 +254,7 @@ class FastStep:
         if not getattr(self.model, "_aevb_owned_state_dict", False):
             register = getattr(self.model, "register_state_dict_post_hook", None)
             (register or self.model._register_state_dict_hook)(_own_state_dict)
-            self.model._aevb_owned_state_dict = True
+            self.model._aevb_owned_state_dict = True  # type: ignore[assignment]
 
     def _check(self) -> None:
         if self._current_signature() != self._signature:
@@ -252,7 +264,7 @@ class FastStep:
     def _bufs(self, m: int) -> SimpleNamespace:
         b = self._buffers.get(m)
         if b is None:
-            kw = {"dtype": self.dtype, "device": self.device}
+            kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
             L, J, D, H = self.L, self.J, self.D, self.H
             n = L * m
             nd = 2 * D if self.gaussian else D
@@ -396,7 +408,7 @@ class FastStep:
         L, m, D = self.L, x.shape[0], self.D
         # log p = sum x*o - softplus(o), the stable form of x log y + (1-x) log(1-y)
         xo = torch.mv(o.view(L, m * D), x.view(m * D), out=b.xo).sum()
-        sp = torch._C._nn.softplus(o, 1.0, 20.0, out=b.t1).sum()
+        sp = self._softplus(o, 1.0, 20.0, out=b.t1).sum()
         torch.sigmoid(o, out=go)
         go.view(L, m, D).sub_(x)  # -(x - sigmoid(o))
         return xo - sp
@@ -433,7 +445,7 @@ class FastStep:
         g = self.optimizer.param_groups[0]
         self.steps.add_(1)
         if self.kind == "adagrad":
-            torch._fused_adagrad_(
+            self._fused_adagrad_(
                 [self.flat],
                 [self.grad],
                 [self.state_a],
@@ -446,7 +458,7 @@ class FastStep:
             )
         else:
             beta1, beta2 = g["betas"]
-            torch._fused_adam_(
+            self._fused_adam_(
                 [self.flat],
                 [self.grad],
                 [self.state_a],
@@ -468,7 +480,9 @@ class FastStep:
         return dict(zip(names, self.grad_views, strict=True))
 
 
-def _own_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+def _own_state_dict(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: object
+) -> None:
     """state_dict hook: copy tensors that are views into the flat buffer, so that the state dict
     can be saved as is (safetensors refuses tensors sharing memory) and does not change under
     later training steps. Parameters themselves (``keep_vars=True``) are left alone."""
@@ -495,7 +509,7 @@ class FastWakeSleepStep(FastStep):
         b = self._buffers.get(m)
         if b is None:
             b = super()._bufs(m)  # the wake pass's buffers (L = 1); the sleep reuses them
-            kw = {"dtype": self.dtype, "device": self.device}
+            kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
             J, D, H = self.J, self.D, self.H
             rank, world = self.shard
             lo, hi = rank * m, (rank + 1) * m

@@ -6,12 +6,16 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
 from .runs import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -48,7 +52,7 @@ def image_grid(
     return grid
 
 
-def _save_figure(fig, path: str | Path, grey: bool = False) -> None:
+def _save_figure(fig: Figure, path: str | Path, grey: bool = False) -> None:
     """Write ``fig`` as a PNG atomically; ``grey`` stores one channel of 64 levels (small files)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)

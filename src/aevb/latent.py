@@ -61,7 +61,7 @@ class DiagonalNormal(LatentDistribution):
         self.logvar = logvar
 
     @classmethod
-    def from_params(cls, mu: Tensor, logvar: Tensor) -> DiagonalNormal:
+    def from_params(cls, mu: Tensor, logvar: Tensor) -> DiagonalNormal:  # type: ignore[override]
         return cls(mu, logvar)
 
     @property
@@ -115,7 +115,7 @@ _KL_REGISTRY: dict[
 ] = {}
 
 
-def register_kl(q_type: type, p_type: type):
+def register_kl(q_type: type, p_type: type) -> Callable[[Callable], Callable]:
     """Decorator registering an analytic KL(q || p) for a pair of families."""
 
     def wrap(fn: Callable) -> Callable:

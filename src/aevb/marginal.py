@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +33,13 @@ from . import hmc
 from .distributions import LOG_2PI
 from .networks import Bernoulli
 
+if TYPE_CHECKING:
+    from .model import VAE
+
 Progress = Callable[[int], None] | None
 
 
-def log_joint(model, x: Tensor, z: Tensor) -> Tensor:
+def log_joint(model: VAE, x: Tensor, z: Tensor) -> Tensor:
     """log p(z) + log p(x|z); z may carry leading sample or chain dimensions before x's batch.
 
     For Bernoulli decoders log p(x|z) is computed as sum_d x_d l_d - softplus(l_d) from the
@@ -72,6 +76,7 @@ class LogMeanExp:
         if self.lse is None:
             self.lse, self.lse2, self.total = a, a2, s
         else:
+            assert self.lse2 is not None and self.total is not None  # set with self.lse
             self.lse = torch.logaddexp(self.lse, a)
             self.lse2 = torch.logaddexp(self.lse2, a2)
             self.total = self.total + s
@@ -80,16 +85,19 @@ class LogMeanExp:
     @property
     def log_mean(self) -> Tensor:
         """log (1/n) sum_k w_k."""
+        assert self.lse is not None, "no chunk added"
         return self.lse - math.log(self.n)
 
     @property
     def ess(self) -> Tensor:
         """Effective sample size (sum w)^2 / sum w^2, between 1 and n."""
+        assert self.lse is not None and self.lse2 is not None, "no chunk added"
         return torch.exp(2.0 * self.lse - self.lse2)
 
     @property
     def mean_log(self) -> Tensor:
         """(1/n) sum_k log w_k."""
+        assert self.total is not None, "no chunk added"
         return self.total / self.n
 
 
@@ -117,7 +125,7 @@ def _batch_seeds(n: int, generator: torch.Generator | None, device: torch.device
 
 
 @contextlib.contextmanager
-def _single_threaded_ops(active: bool):
+def _single_threaded_ops(active: bool) -> Iterator[None]:
     """Run torch ops on one intra-op thread each while Python threads share out the batches."""
     if not active:
         yield
@@ -132,7 +140,7 @@ def _single_threaded_ops(active: bool):
 
 @torch.no_grad()
 def importance_sampling(
-    model,
+    model: VAE,
     x: Tensor,
     samples: int = 5000,
     *,
@@ -235,7 +243,7 @@ class HMCMarginalResult:
     settings: dict
 
 
-def _hmc_batch(model, xb: Tensor, g: torch.Generator, s: dict) -> tuple[Tensor, ...]:
+def _hmc_batch(model: VAE, xb: Tensor, g: torch.Generator, s: dict) -> tuple[Tensor, ...]:
     """Appendix D on one batch of points: HMC chains, a Gaussian fit to their first draws, and
     the estimate from fresh draws; returns (log p(x), ESS, relative variance, acceptance, step)."""
     chains = s["chains"]
@@ -286,7 +294,7 @@ def _hmc_batch(model, xb: Tensor, g: torch.Generator, s: dict) -> tuple[Tensor, 
 
 
 def hmc_marginal(
-    model,
+    model: VAE,
     x: Tensor,
     *,
     posterior_samples: int = 50,

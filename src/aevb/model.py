@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
@@ -18,6 +19,9 @@ from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
 from .options import between, bounded_int, option, positive, validate
 
 ARCHITECTURES = ("mlp", "conv")
+
+#: Data the user API takes: a tensor, or anything ``numpy.asarray`` takes.
+TensorLike: TypeAlias = "Tensor | npt.ArrayLike"
 
 
 def analytic_kl_available(posterior: str, prior: str) -> bool:
@@ -33,9 +37,14 @@ def default_estimator(posterior: str, prior: str) -> str:
     return "B" if analytic_kl_available(posterior, prior) else "A"
 
 
-Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
-Likelihood = Literal[tuple(LIKELIHOODS)]  # type: ignore[valid-type]
-Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # statically str; at run time the Literal of the names, which aevb.options checks
+    Activation = str
+    Likelihood = str
+    Architecture = str
+else:
+    Activation = Literal[tuple(ACTIVATIONS)]
+    Likelihood = Literal[tuple(LIKELIHOODS)]
+    Architecture = Literal[ARCHITECTURES]
 
 
 @dataclass
@@ -149,10 +158,11 @@ class VAE(nn.Module):
             from .conv import ConvDecoder, ConvEncoder
 
             shape = c.image_shape
-            self.encoder = ConvEncoder(
+            assert shape is not None  # ModelConfig checked it (check_image_shape)
+            self.encoder: Encoder = ConvEncoder(
                 POSTERIORS[c.posterior], shape, c.latent_dim, c.hidden, c.activation
             )
-            self.decoder = ConvDecoder(
+            self.decoder: Decoder = ConvDecoder(
                 LIKELIHOODS[c.likelihood], c.latent_dim, shape, c.hidden, c.activation
             )
         else:
@@ -197,28 +207,28 @@ class VAE(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _as_tensor(self, x) -> Tensor:
+    def _as_tensor(self, x: TensorLike) -> Tensor:
         p = next(self.parameters())
         return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(
             device=p.device, dtype=p.dtype
         )
 
     # ----------------------------------------------------------------- the user API
-    def encode(self, x) -> tuple[Tensor, ...]:
+    def encode(self, x: TensorLike) -> tuple[Tensor, ...]:
         """Posterior parameters for x: (mu, logvar) for the Gaussian posterior."""
         return self.encoder(self._as_tensor(x))
 
-    def decode(self, z) -> tuple[Tensor, ...]:
+    def decode(self, z: TensorLike) -> tuple[Tensor, ...]:
         """Likelihood parameters for z: (logits,) for Bernoulli, (mean, logvar) for Gaussian."""
         return self.decoder(self._as_tensor(z))
 
-    def decode_mean(self, z) -> Tensor:
+    def decode_mean(self, z: TensorLike) -> Tensor:
         """E[x|z]: the image a latent point decodes to."""
         return self.decoder.likelihood.mean(self.decode(z))
 
     def elbo(
         self,
-        x,
+        x: TensorLike,
         estimator: str = "B",
         samples: int = 1,
         generator: torch.Generator | None = None,
@@ -241,7 +251,11 @@ class VAE(nn.Module):
         )
 
     def elbo_terms(
-        self, x, estimator: str = "B", samples: int = 1, generator: torch.Generator | None = None
+        self,
+        x: TensorLike,
+        estimator: str = "B",
+        samples: int = 1,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-datapoint (reconstruction, KL) of the bound, elbo = rec - KL (same noise as elbo)."""
         if estimator not in ESTIMATORS or not self.config.supports_estimator(estimator):
@@ -250,7 +264,7 @@ class VAE(nn.Module):
         return elbo_terms(self.encoder, self.decoder, self.prior, x, estimator, samples, generator)
 
     @torch.no_grad()
-    def init_decoder_bias(self, data_mean) -> None:
+    def init_decoder_bias(self, data_mean: TensorLike) -> None:
         """Set the decoder's mean bias to logit(data mean) (Burda et al.).
 
         With the weights near zero the decoder then starts at the data's mean image. For a
@@ -269,7 +283,9 @@ class VAE(nn.Module):
             )
         bias[: m.numel()].copy_(m)
 
-    def iwae_bound(self, x, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    def iwae_bound(
+        self, x: TensorLike, samples: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Per-datapoint importance-weighted bound with K = ``samples`` (Burda et al. 2015)."""
         if int(samples) < 1:
             raise ConfigError(f"the IWAE bound needs samples >= 1, got {samples}")
@@ -279,7 +295,7 @@ class VAE(nn.Module):
 
     def objective(
         self,
-        x,
+        x: TensorLike,
         estimator: str = "B",
         samples: int = 1,
         generator: torch.Generator | None = None,
@@ -298,19 +314,19 @@ class VAE(nn.Module):
         return self.decode_mean(z)
 
     @torch.no_grad()
-    def reconstruct(self, x) -> Tensor:
+    def reconstruct(self, x: TensorLike) -> Tensor:
         """Decoder mean at the posterior's center (its mean for the Gaussian, else its median)."""
         return self.decode_mean(self.encoder.posterior(self._as_tensor(x)).center())
 
     def log_likelihood(
         self,
-        x,
+        x: TensorLike,
         method: str = "is",
         *,
         samples: int | None = None,
         chunk_size: int = 4096,
         generator: torch.Generator | None = None,
-        **hmc_options,
+        **hmc_options: Any,
     ) -> Tensor:
         """Per-datapoint estimate of the marginal log-likelihood log p(x) (nats).
 
@@ -326,6 +342,7 @@ class VAE(nn.Module):
         if method not in ("is", "hmc"):
             raise ConfigError(f"unknown marginal-likelihood method {method!r}; use 'is' or 'hmc'")
         xt = self._as_tensor(x)
+        res: marginal.ISResult | marginal.HMCMarginalResult
         try:
             if method == "is":
                 if hmc_options:

@@ -73,7 +73,7 @@ class Gaussian(Likelihood):
     n_params = 2
 
     @staticmethod
-    def constrain(raw_mean: Tensor, logvar: Tensor) -> tuple[Tensor, ...]:
+    def constrain(raw_mean: Tensor, logvar: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         return torch.sigmoid(raw_mean), logvar
 
     @staticmethod
@@ -92,7 +92,7 @@ class GaussianLinear(Gaussian):
     sigmoid_mean = False
 
     @staticmethod
-    def constrain(raw_mean: Tensor, logvar: Tensor) -> tuple[Tensor, ...]:
+    def constrain(raw_mean: Tensor, logvar: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         return raw_mean, logvar
 
 
@@ -137,7 +137,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.family = family
-        self.net = MLPHeads(x_dim, z_dim, family.n_params, hidden, depth, activation)
+        self.net: nn.Module = MLPHeads(x_dim, z_dim, family.n_params, hidden, depth, activation)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         return self.net(x)
@@ -160,7 +160,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.likelihood = likelihood
-        self.net = MLPHeads(z_dim, x_dim, likelihood.n_params, hidden, depth, activation)
+        self.net: nn.Module = MLPHeads(z_dim, x_dim, likelihood.n_params, hidden, depth, activation)
 
     def forward(self, z: Tensor) -> tuple[Tensor, ...]:
         return self.likelihood.constrain(*self.net(z))

@@ -158,7 +158,9 @@ def check_value(cls: type, name: str, value: Any, where: str = "", prefix: str =
     choices = choices_of(cls, name)
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
     live = field.metadata.get("choices") is not None
-    wrong = not _type_ok(value, hint) or (live and value is not None and value not in choices)
+    wrong = not _type_ok(value, hint) or (
+        live and choices is not None and value is not None and value not in choices
+    )
     if wrong and choices is not None and isinstance(value, str):
         listed = ", ".join(str(c) for c in choices if c is not None)
         raise ConfigError(f"{what}unknown {label} {value!r}; choose one of {listed}")

@@ -32,9 +32,10 @@ altered file is one :class:`~aevb.errors.RunError` naming the file, never silent
 The manifest carries its own checksum, so damage to it is named too.
 
 **Formats.** ``FORMAT_VERSION`` is the format this release writes; it reads every format in
-``READABLE_FORMATS``. Format 1 (aevb 0.1.0: the same files without ``manifest.json``) loads as
-it is and is converted to format 2 when it is resumed. A run of a newer or unknown format is
-refused with one line saying which formats this release reads.
+``READABLE_FORMATS``. Format 1 (runs written before the manifest existed, by aevb 0.1.x: the
+same files without ``manifest.json``) loads as it is and is converted to format 2 when it is
+resumed. A run of a newer or unknown format is refused with one line saying which formats this
+release reads.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ from safetensors.torch import save as st_save
 from .errors import ConfigError, RunError
 
 FORMAT_VERSION = 2
-"""The run format this release writes (1: aevb 0.1.0, no manifest; 2: with manifest.json)."""
+"""The run format this release writes (1: before the manifest, written by aevb 0.1.x; 2: with
+manifest.json)."""
 READABLE_FORMATS = (1, 2)
 CONFIG = "config.json"
 MODEL = "model.safetensors"

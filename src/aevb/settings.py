@@ -19,7 +19,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .algorithms import ALGORITHMS, Algorithm
 from .data import BINARIZE_MODES
@@ -45,10 +45,16 @@ LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
 """`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
 ENGINES = ("auto", "fast", "autograd")
 
-AlgorithmName = Literal[tuple(ALGORITHMS)]  # type: ignore[valid-type]
-Binarize = Literal[BINARIZE_MODES]  # type: ignore[valid-type]
-Optimizer = Literal[tuple(LR_CANDIDATES)]  # type: ignore[valid-type]
-Schedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # statically str; at run time the Literal of the names, which aevb.options checks
+    AlgorithmName = str
+    Binarize = str
+    Optimizer = str
+    Schedule = str
+else:
+    AlgorithmName = Literal[tuple(ALGORITHMS)]
+    Binarize = Literal[BINARIZE_MODES]
+    Optimizer = Literal[tuple(LR_CANDIDATES)]
+    Schedule = Literal[LR_SCHEDULES]
 
 
 def _lr(text: str) -> float | str:
@@ -268,7 +274,7 @@ AlgorithmOptions.__doc__ = "Each algorithm's own options, spelled with its prefi
 
 
 @dataclass
-class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions, AlgorithmOptions):
+class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions, AlgorithmOptions):  # type: ignore[valid-type, misc]
     """What the Trainer and the algorithms read (the ``train`` section of config.json): the
     objective, optimizer, evaluation, checkpoint and algorithm options, and what a run derives."""
 

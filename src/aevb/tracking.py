@@ -20,11 +20,15 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from . import figures
+
+if TYPE_CHECKING:
+    from .model import VAE
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -76,7 +80,9 @@ def _field_varint(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
-def _event(wall_time: float, step: int, *, file_version: str | None = None, summary=b"") -> bytes:
+def _event(
+    wall_time: float, step: int, *, file_version: str | None = None, summary: bytes = b""
+) -> bytes:
     msg = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _field_varint(2, step)
     if file_version is not None:
         msg += _field_bytes(3, file_version.encode())
@@ -166,9 +172,11 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> list[tuple[int, object]]:
-    out = []
+def _fields(buf: bytes) -> list[tuple[int, Any]]:
+    """(field number, value): an int for varints, bytes for the other wire types."""
+    out: list[tuple[int, Any]] = []
     i = 0
+    v: int | bytes
     while i < len(buf):
         key, i = _read_varint(buf, i)
         number, wire = key >> 3, key & 7
@@ -239,7 +247,7 @@ class RunTracker:
         self.writer = EventWriter(Path(run_dir) / TENSORBOARD_DIR)
         self._last: tuple[int, float] | None = None
 
-    def log(self, record: dict, lr: float, model, images_x: torch.Tensor | None) -> None:
+    def log(self, record: dict, lr: float, model: VAE, images_x: torch.Tensor | None) -> None:
         """Scalars of an evaluation record; sample and reconstruction grids for image data."""
         step = int(record["samples_seen"])
         values: dict[str, float] = {"train/learning_rate": float(lr)}

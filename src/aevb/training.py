@@ -55,7 +55,9 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], di
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict):
+def load_optimizer_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict
+) -> None:
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
@@ -225,7 +227,7 @@ class Trainer:
             out.append(ProgressBar(lines=self.on_eval is None))
         return out
 
-    def _notify(self, event: str, *args) -> None:
+    def _notify(self, event: str, *args: object) -> None:
         """Call ``event`` of every callback, in order (never per step: see aevb.callbacks)."""
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
@@ -255,6 +257,7 @@ class Trainer:
             g = torch.Generator().manual_seed(split_seed(c.seed, 4, epoch))
             self._epoch_perm = torch.randperm(len(x), generator=g).to(x.device)
             self._epoch_x, self._epoch = x, epoch
+        assert self._epoch_x is not None and self._epoch_perm is not None  # set above
         return self._epoch_x, self._epoch_perm
 
     def _eval_data(self, x: Tensor, split_id: int) -> Tensor:
@@ -290,7 +293,9 @@ class Trainer:
             if self.config.estimator == "iwae":
                 k = self.config.samples
                 step = max(1, 20_000 // k)  # at most ~20 000 decoded (z, x) pairs at once
-                w = self._spread(lambda t, k=k: self.model.iwae_bound(t, k, g), xe, step)
+                w = self._spread(
+                    lambda t: self.model.iwae_bound(t, self.config.samples, g), xe, step
+                )
                 rec[f"{name}_iwae_bound"] = float(w.mean())
                 rec[f"{name}_iwae_bound_se"] = standard_error(w)
             if self.config.eval_marginal is not None:
@@ -430,6 +435,7 @@ class Trainer:
                 return records
             running = torch.zeros((), device=self.train_x.device)
             xb = self._start_steps()
+            assert self.watch is not None  # made by _start_steps
             n_running = 0
             scheduled = c.lr_schedule != "constant"
             last_ckpt = time.monotonic()

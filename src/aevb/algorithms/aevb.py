@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .. import distributed
 from ..fast import FastStep
+from ..model import VAE
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..settings import TrainConfig
 
 
 class AEVB(Algorithm):
@@ -23,10 +28,12 @@ class AEVB(Algorithm):
 
     name = "aevb"
 
-    def __init__(self, model, config, n_train: int, lr: float) -> None:
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
         super().__init__(model, config, n_train, lr)
         c = config
-        self.use_fast(c.estimator, lambda: FastStep(model, self.optimizer, c.estimator, c.samples))
+        est = c.estimator
+        assert est is not None  # TrainConfig resolved it
+        self.use_fast(est, lambda: FastStep(model, self.optimizer, est, c.samples))
         self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
 
     def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
@@ -35,6 +42,7 @@ class AEVB(Algorithm):
             return self._weighted_step(x, generator)
         if self.fast is not None:
             return self.fast.step(x, generator)
+        assert c.estimator is not None  # TrainConfig resolved it
         with _autocast(c.precision, x):
             bound = self.model.objective(x, c.estimator, c.samples, generator)
         bound = _wide(bound).mean()  # the bound is accumulated in float32 under bf16
@@ -50,6 +58,7 @@ class AEVB(Algorithm):
         self.kl_samples += len(x) * distributed.world_size()  # global samples
         if self.fast is not None:
             return self.fast.step(x, generator, kl_weight=beta)
+        assert c.estimator is not None  # TrainConfig resolved it
         with _autocast(c.precision, x):
             rec, kl = self.model.elbo_terms(x, c.estimator, c.samples, generator)
         rec, kl = _wide(rec), _wide(kl)
@@ -77,7 +86,7 @@ def _wide(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def _autocast(precision: str, x: Tensor):
+def _autocast(precision: str, x: Tensor) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast of a training step (``precision="bf16"``, CUDA), else no context."""
     if precision == "bf16" and x.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -8,11 +8,12 @@ resume; an algorithm owns its parameters' optimizer and the step. Every attribut
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..errors import ConfigError
 from ..fast import FastStep, unsupported_optimizer, unsupported_reason
 from ..model import VAE
@@ -23,20 +24,31 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adagrad", "adam")
 
 
-def make_optimizer(params: Iterable, name: str, lr: float, weight_decay: float):
+def make_optimizer(
+    params: Iterable, name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """Adagrad (the paper's) or Adam, fused; ``weight_decay`` = 1/N is the N(0, I) weight prior.
 
-    ``params`` may be parameter groups (dicts) with their own ``weight_decay``.
+    ``params`` may be parameter groups (dicts) with their own ``weight_decay``. Fused where torch's
+    fused optimizer works for the parameters' devices, else torch's single-tensor update (see
+    :func:`aevb.compat.optimizer_kwargs`).
     """
     params = list(params)
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-    fused = all(p.device.type in ("cpu", "cuda") for p in tensors)
+    kw = compat.optimizer_kwargs(name, {p.device.type for p in tensors})
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay, **kw)
     if name == "adam":
         # Adam's weight_decay is L2 on the gradient (not AdamW), i.e. the same Gaussian prior.
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kw)
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+class AlgorithmOptionsClass(Protocol):
+    """What an algorithm's ``Options`` is: a dataclass whose ``prefix`` spells its flat names."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    prefix: str
 
 
 class Algorithm:
@@ -46,7 +58,7 @@ class Algorithm:
     name: ClassVar[str] = ""
     #: The algorithm's own options (a dataclass of :func:`aevb.options.option` fields), or None;
     #: its ``prefix`` (``"mcem_"``) spells them in flat settings and flags (``--mcem-leapfrog``).
-    Options: ClassVar[type | None] = None
+    Options: ClassVar[type[AlgorithmOptionsClass] | None] = None
     #: Whether the algorithm has a lower bound to report (Monte Carlo EM has none).
     has_bound: ClassVar[bool] = True
     #: Whether the step keeps per-datapoint state, indexed by the minibatch's rows (MCEM's chains).
@@ -128,6 +140,7 @@ class Algorithm:
         """
         c = self.config
         est = c.estimator
+        assert est is not None  # TrainConfig resolved it
         if est == "iwae":
             est = "B" if self.model.config.supports_estimator("B") else "A"
         return self.model.elbo(x, est, c.samples, generator)

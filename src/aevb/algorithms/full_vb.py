@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -15,6 +15,9 @@ from ..model import VAE
 from ..networks import Decoder
 from ..options import option, positive, validate
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..settings import TrainConfig
 
 
 @dataclass
@@ -49,7 +52,7 @@ class FullVB(Algorithm):
     name = "full-vb"
     Options = FullVBOptions
 
-    def __init__(self, model: VAE, config, n_train: int, lr: float) -> None:
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
         if not model.has_parameter_posterior:
             raise ConfigError("full VB needs a model built with parameter_posterior=True")
         super().__init__(model, config, n_train, lr)
@@ -81,6 +84,7 @@ class FullVB(Algorithm):
 
     def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
         m, c = self.model, self.config
+        assert c.estimator is not None  # TrainConfig resolved it
         theta = m.sample_decoder_parameters(generator)
         bound = _elbo_with_decoder(m, theta, x, c.estimator, c.samples, generator).mean()
         loss = -bound + self.parameter_kl() / self.n_train
@@ -94,6 +98,7 @@ class FullVB(Algorithm):
         """The bound at the posterior mean of theta (option ``eval="mean"``) or averaged over
         ``eval_samples`` draws of theta (``"sample"``)."""
         c = self.config
+        assert c.estimator is not None  # TrainConfig resolved it
         if self.options.eval == "mean":
             return self.model.elbo(x, c.estimator, c.samples, generator)
         draws = [
@@ -122,7 +127,12 @@ class _DecoderAt:
 
 
 def _elbo_with_decoder(
-    model: VAE, theta: dict[str, Tensor], x: Tensor, estimator: str, samples: int, generator
+    model: VAE,
+    theta: dict[str, Tensor],
+    x: Tensor,
+    estimator: str,
+    samples: int,
+    generator: torch.Generator | None,
 ) -> Tensor:
     """The per-datapoint bound with the decoder's weights replaced by ``theta``."""
     dec = _DecoderAt(model.decoder, theta)

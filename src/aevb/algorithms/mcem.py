@@ -18,15 +18,21 @@ bound: progress is reported as marginal-likelihood estimates (Appendix D,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..hmc import hmc_step, log_prob_and_grad
+from ..model import VAE
 from ..options import above, option, positive, validate
 from ..seeds import split_seed
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..settings import TrainConfig
 
 
 def _open_unit(v: float) -> str | None:
@@ -61,7 +67,7 @@ class MonteCarloEM(Algorithm):
     needs_index = True
     has_bound = False
 
-    def __init__(self, model, config, n_train: int, lr: float) -> None:
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
         super().__init__(model, config, n_train, lr)
         p = next(model.parameters())
         g = torch.Generator(device=p.device).manual_seed(split_seed(config.seed, 8))
@@ -73,11 +79,11 @@ class MonteCarloEM(Algorithm):
         self.step_size = full(self.options.step_size)
         self.accept = full(float("nan"))
 
-    def parameter_groups(self):
+    def parameter_groups(self) -> Iterable:
         """The decoder alone: MCEM trains no encoder."""
         return self.model.decoder.parameters()
 
-    def _log_joint(self, x: Tensor):
+    def _log_joint(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         m = self.model
 
         def log_joint(z: Tensor) -> Tensor:

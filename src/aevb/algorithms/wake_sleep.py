@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ..fast import FastWakeSleepStep
 from ..model import VAE
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..settings import TrainConfig
 
 
 def sample_x(model: VAE, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -44,7 +49,7 @@ class WakeSleep(Algorithm):
 
     name = "wake-sleep"
 
-    def __init__(self, model: VAE, config, n_train: int, lr: float) -> None:
+    def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
         super().__init__(model, config, n_train, lr)
         self.use_fast("A", lambda: FastWakeSleepStep(model, self.optimizer))
 

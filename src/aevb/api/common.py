@@ -118,7 +118,12 @@ def load(run_dir: str | Path, device: str = "cpu", which: str = "last") -> VAE:
 
 
 def _run_data(
-    run_dir: Path, data: str | None, split: str, data_dir, binarize: str | None, which="last"
+    run_dir: Path,
+    data: str | None,
+    split: str,
+    data_dir: str | Path | None,
+    binarize: str | None,
+    which: str = "last",
 ) -> tuple[VAE, np.ndarray, str, dict]:
     cfg = runs.read_config(run_dir)
     model = load(run_dir, which=which)
@@ -154,7 +159,12 @@ def _run_data(
 
 
 def _write_image_or_array(
-    out: Path, images: torch.Tensor, shape, ncol: int, title: str, cfg: dict | None = None
+    out: Path,
+    images: torch.Tensor,
+    shape: tuple[int, int] | None,
+    ncol: int,
+    title: str,
+    cfg: dict | None = None,
 ) -> Path:
     """A PNG grid, or the rows as .npy / .csv in data units (--standardize undone via ``cfg``)."""
     out = Path(out)

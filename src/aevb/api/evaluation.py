@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,9 +65,9 @@ def evaluate(
     """
     run_dir = Path(run_dir)
     which = _which(which, model)  # "best": best_model.safetensors of a run trained keep="best"
-    model, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
-    est, iwae_samples = _estimators(estimator, iwae_samples, model, cfg)
-    settings = dict(
+    vae, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
+    est, iwae_samples = _estimators(estimator, iwae_samples, vae, cfg)
+    settings: dict[str, Any] = dict(
         importance_samples=importance_samples,
         chunk_size=chunk_size,
         hmc_samples=hmc_samples,
@@ -77,9 +78,9 @@ def evaluate(
     _check_counts(iwae_samples, samples, marginal, workers, **settings)
     x = _take_points(x, points, spread, split)
     dev = resolve_device(device)
-    model = model.to(dev)
+    vae = vae.to(dev)
     t0 = time.perf_counter()
-    xt, b = _bounds(model, x, est, samples, batch_size, seed, dev)
+    xt, b = _bounds(vae, x, est, samples, batch_size, seed, dev)
     res = {
         "run": str(run_dir),
         "data": data or cfg["data"]["spec"],
@@ -94,12 +95,14 @@ def evaluate(
         "bound_se": standard_error(b),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    res.update(_iwae(model, xt, iwae_samples, seed, dev))
-    res.update(_marginals(model, xt, b, marginal, seed, dev, progress, settings, workers))
+    res.update(_iwae(vae, xt, iwae_samples, seed, dev))
+    res.update(_marginals(vae, xt, b, marginal, seed, dev, progress, settings, workers))
     return res
 
 
-def _estimators(estimator: str | None, iwae_samples: int | None, model: VAE, cfg: dict):
+def _estimators(
+    estimator: str | None, iwae_samples: int | None, model: VAE, cfg: dict
+) -> tuple[str, int | None]:
     """The ELBO estimator and IWAE K evaluated: the run's unless given (its K for iwae runs)."""
     if estimator == "iwae":
         raise ConfigError("--estimator names an ELBO estimator (A or B); use --iwae-samples K")
@@ -239,13 +242,14 @@ def _marginal_estimate(
     method: str,
     generator: torch.Generator,
     progress: bool,
-    **s,
+    **s: Any,
 ) -> dict:
     """log p(x) by one method: mean, standard error, paired gap to the bound, settings."""
     from .. import marginal as mlik
 
     label = "importance sampling" if method == "is" else "Appendix D (HMC)"
     t0 = time.perf_counter()
+    r: mlik.ISResult | mlik.HMCMarginalResult
     with tqdm(total=len(x), desc=label, unit="points", disable=not progress, leave=False) as bar:
         if method == "is":
             r = mlik.importance_sampling(
@@ -280,7 +284,7 @@ def _marginal_estimate(
         "gap_se": standard_error(gap),
         "seconds": round(seconds, 3),
     }
-    if method == "is":
+    if isinstance(r, mlik.ISResult):  # method "is"
         ess = r.ess.double().cpu()
         out.update(
             importance_samples=r.samples,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .. import figures, runs
@@ -97,7 +99,8 @@ def encode(
     out = Path(out)
     buf = io.BytesIO()
     if out.suffix.lower() == ".npz":
-        np.savez(buf, **{n: p.numpy() for n, p in zip(names, params, strict=True)})
+        arrays: dict[str, Any] = {n: p.numpy() for n, p in zip(names, params, strict=True)}
+        np.savez(buf, **arrays)
     elif out.suffix.lower() == ".npy":
         np.save(buf, torch.cat(params, 1).numpy())
     else:
@@ -106,7 +109,9 @@ def encode(
     return out
 
 
-def decode(run_dir: str | Path, latents, out: str | Path | None = None) -> np.ndarray:
+def decode(
+    run_dir: str | Path, latents: str | Path | npt.ArrayLike, out: str | Path | None = None
+) -> np.ndarray:
     """Decoder means E[x|z] for latent points, in data units (--standardize undone).
 
     ``latents`` is an (N, J) array, or the path of an .npy/.npz written by :func:`encode` (its
@@ -205,7 +210,9 @@ def _path_methods(model: VAE, method: str) -> list[str]:
     return methods
 
 
-def _latent_paths(centers: torch.Tensor, pairs: int, methods: list[str], steps: int):
+def _latent_paths(
+    centers: torch.Tensor, pairs: int, methods: list[str], steps: int
+) -> torch.Tensor:
     """The latent paths between consecutive pairs of centers: (pairs, methods, steps, J)."""
     t = torch.linspace(0.0, 1.0, steps)
     zs = []

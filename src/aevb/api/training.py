@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,9 @@ from .tools import manifold
 
 if TYPE_CHECKING:
     from ..callbacks import Callback
+
+#: (train, test, valid) data tensors of a run; test and valid may be absent.
+_Tensors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 def _build_model(
@@ -54,7 +57,9 @@ def _check_precision(tcfg: TrainConfig, dev: torch.device) -> None:
         )
 
 
-def _valid_tensor(ds: Dataset, validation: bool, likelihood: str, binarize: str, dev):
+def _valid_tensor(
+    ds: Dataset, validation: bool, likelihood: str, binarize: str, dev: torch.device
+) -> torch.Tensor | None:
     """The validation split as a tensor when asked for (model selection and its curves)."""
     if not validation:
         return None
@@ -63,7 +68,9 @@ def _valid_tensor(ds: Dataset, validation: bool, likelihood: str, binarize: str,
     return torch.from_numpy(v).to(dev)
 
 
-def _data_tensors(ds: Dataset, likelihood: str, binarize: str, device: torch.device):
+def _data_tensors(
+    ds: Dataset, likelihood: str, binarize: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     ds.split("train")  # a dataset without its training files says which file to get
     check_support(ds.train, likelihood, binarize, f"{ds.name} (train)")
     if ds.test is not None:
@@ -140,7 +147,7 @@ def choose_lr(
         scores[repr(lr)] = score if math.isfinite(score) else float("-inf")
         if progress:
             tqdm.write(f"lr trial {lr:g}: training bound {score:.3f}")
-    best = max(scores, key=scores.get)
+    best = max(scores, key=scores.__getitem__)
     return float(best), {"trial_samples": n_trial, "training_bound": scores, "chosen": float(best)}
 
 
@@ -204,7 +211,7 @@ def train(
 def _train_config(s: TrainSettings, progress: bool) -> TrainConfig:
     """The engine's configuration, with the settings' defaults resolved (estimator, minibatch)."""
     m, obj = s.model, s.objective
-    estimator = obj.estimator
+    estimator: str | None = obj.estimator
     if estimator is None:
         estimator = default_estimator(m.posterior, m.prior or m.posterior)
         if progress:
@@ -240,6 +247,7 @@ def _model_config(s: TrainSettings, tcfg: TrainConfig, ds: Dataset) -> ModelConf
         image_shape=ds.image_shape,
         parameter_posterior=tcfg.algorithm == "full-vb",
     )
+    assert tcfg.estimator is not None  # _train_config resolved it
     if not mcfg.supports_estimator(tcfg.estimator):
         raise ConfigError(
             f"estimator {tcfg.estimator} needs an analytic KL({mcfg.posterior} || {mcfg.prior}), "
@@ -248,7 +256,12 @@ def _model_config(s: TrainSettings, tcfg: TrainConfig, ds: Dataset) -> ModelConf
     return mcfg
 
 
-def _dataset(d: DataOptions, image_shape, progress: bool, stats) -> tuple[Dataset, dict | None]:
+def _dataset(
+    d: DataOptions,
+    image_shape: tuple[int, int] | None,
+    progress: bool,
+    stats: dict | Callable[[Dataset], dict] | None,
+) -> tuple[Dataset, dict | None]:
     """The run's data, loaded (rank 0 first: it alone downloads), cut and standardised, and the
     standardisation: ``stats`` is the run's (a dict), a function of the data set computing it
     from the training set (a new run), or None.
@@ -267,7 +280,9 @@ def _dataset(d: DataOptions, image_shape, progress: bool, stats) -> tuple[Datase
     return ds, _standardize(ds, stats(ds) if callable(stats) else stats)
 
 
-def _tensors(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, validation: bool, dev):
+def _tensors(
+    ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, validation: bool, dev: torch.device
+) -> _Tensors:
     """(train, test, valid) tensors, each checked against the likelihood's support."""
     if ds.x_dim != mcfg.x_dim:
         raise DataError(
@@ -277,7 +292,15 @@ def _tensors(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, validation: bool
     return train_x, test_x, _valid_tensor(ds, validation, mcfg.likelihood, tcfg.binarize, dev)
 
 
-def _trainer(mcfg, tcfg, tensors, dev, run_dir, progress, callbacks) -> Trainer:
+def _trainer(
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    tensors: _Tensors,
+    dev: torch.device,
+    run_dir: Path | None,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> Trainer:
     """The model (initialised from the seed), its algorithm, and the Trainer around them."""
     train_x, test_x, valid_x = tensors
     model = _build_model(mcfg, tcfg, dev, train_x)
@@ -491,6 +514,7 @@ def _draw_figures(run: Run, ds: Dataset | None, fig_dir: Path) -> list[Path]:
         )
         written.append(fig_dir / "reconstructions.png")
     if model.config.latent_dim == 2:
+        assert run.path is not None  # the caller checked
         with contextlib.suppress(ConfigError):  # a prior without an inverse CDF has no grid
             manifold(run.path, 20, fig_dir / "manifold.png", model=model)
             written.append(fig_dir / "manifold.png")

@@ -59,7 +59,7 @@ def load_dataset(
             data_dir=data_dir, splits=splits, validation=validation, progress=progress
         )
         if image_shape is not None:
-            ds.image_shape = tuple(image_shape)
+            ds.image_shape = tuple(image_shape)  # type: ignore[assignment]
         return ds
     p = Path(spec)
     if p.suffix.lower() in USER_SUFFIXES or p.exists():

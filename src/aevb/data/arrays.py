@@ -7,7 +7,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def _memory_bytes() -> int:
         return 1 << 40
 
 
-def _check_npy_header(f: BinaryIO, size: int, source: str) -> None:
+def _check_npy_header(f: IO[bytes], size: int, source: str) -> None:
     """Read an .npy header and refuse, before anything is allocated, an array whose header
     promises other than the ``size`` bytes the file holds, or more than this machine's memory."""
     fmt = np.lib.format
@@ -94,7 +94,7 @@ def _check_npy_header(f: BinaryIO, size: int, source: str) -> None:
     elif version == (2, 0):
         shape, _, dtype = fmt.read_array_header_2_0(f)
     else:
-        shape, _, dtype = fmt._read_array_header(f, version)
+        shape, _, dtype = fmt._read_array_header(f, version)  # type: ignore[attr-defined]
     if dtype.hasobject:
         raise DataError(f"{source}: holds Python objects, which aevb never unpickles")
     needed = math.prod(shape) * dtype.itemsize

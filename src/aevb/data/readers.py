@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -26,7 +26,7 @@ MAX_BYTES = 1 << 30
 _REFETCH = "delete it and download it again (or put a good copy there)"
 
 
-def _open(path: Path) -> tuple[BinaryIO, bool]:
+def _open(path: Path) -> tuple[io.BufferedIOBase, bool]:
     """The file as a binary stream (decompressing gzip), and whether it was compressed."""
     try:
         with open(path, "rb") as f:
@@ -41,7 +41,7 @@ def _open(path: Path) -> tuple[BinaryIO, bool]:
 CHUNK = 1 << 20
 
 
-def _read_upto(stream: BinaryIO, n: int) -> bytes:
+def _read_upto(stream: io.BufferedIOBase, n: int) -> bytes:
     """At most n bytes, read in chunks: memory grows with what the file holds, never with what
     its header claims (``read(n)`` allocates n bytes before it reads any)."""
     parts, got = [], 0
@@ -54,7 +54,7 @@ def _read_upto(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_exact(stream: BinaryIO, n: int, path: Path, what: str) -> bytes:
+def _read_exact(stream: io.BufferedIOBase, n: int, path: Path, what: str) -> bytes:
     try:
         data = _read_upto(stream, n)
     except (OSError, EOFError, zlib.error) as e:
@@ -67,7 +67,7 @@ def _read_exact(stream: BinaryIO, n: int, path: Path, what: str) -> bytes:
     return data
 
 
-def _expect_end(stream: BinaryIO, path: Path) -> None:
+def _expect_end(stream: io.BufferedIOBase, path: Path) -> None:
     """Reading to the end makes gzip check its CRC and length; trailing bytes are an error."""
     try:
         extra = stream.read(1)
