@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -254,10 +252,3 @@ def test_an_option_is_spelled_in_at_most_two_source_files(name):
         str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if spellings.search(p.read_text())
     )
     assert "settings.py" in files and len(files) <= 2, files
-
-
-def test_train_help_runs_as_a_command():
-    res = subprocess.run(
-        [sys.executable, "-m", "aevb", "train", "--help"], capture_output=True, text=True
-    )
-    assert res.returncode == 0 and "--kl-warmup SAMPLES" in res.stdout
