@@ -94,11 +94,10 @@ class Family(LatentDistribution):
 # --------------------------------------------------------------------------- route 2: loc-scale
 
 
-class LocationScale(Family):
-    """z = loc + exp(log_scale) * eps with eps ~ a standard density (route 2)."""
+class _LocScaleParams:
+    """The (loc, log_scale) parameters of a family built from a location and a scale."""
 
-    n_params = 2
-    param_names: ClassVar[tuple[str, ...]] = ("loc", "log_scale")
+    raw: tuple[Tensor, ...]
 
     @property
     def loc(self) -> Tensor:
@@ -111,6 +110,13 @@ class LocationScale(Family):
     @property
     def scale(self) -> Tensor:
         return torch.exp(self.log_scale)
+
+
+class LocationScale(_LocScaleParams, Family):
+    """z = loc + exp(log_scale) * eps with eps ~ a standard density (route 2)."""
+
+    n_params = 2
+    param_names: ClassVar[tuple[str, ...]] = ("loc", "log_scale")
 
     def sample_from(self, u: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.loc + self.scale * self.standard_sample(u, generator)
@@ -285,25 +291,13 @@ class Weibull(Family):
 # --------------------------------------------------------------------------- route 3: composition
 
 
-class LogNormal(Family):
+class LogNormal(_LocScaleParams, Family):
     """LogNormal: z = exp(loc + scale * n), n ~ N(0, 1), a composition; z > 0."""
 
     name = "lognormal"
     n_params = 2
     param_names = LocationScale.param_names
     support = "positive"
-
-    @property
-    def loc(self) -> Tensor:
-        return self.raw[0]
-
-    @property
-    def log_scale(self) -> Tensor:
-        return self.raw[1]
-
-    @property
-    def scale(self) -> Tensor:
-        return torch.exp(self.log_scale)
 
     def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         like = self._like()
