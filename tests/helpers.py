@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from aevb import runs
+
 SMALL_RUN = dict(latent_dim=3, hidden=30, budget=2_000, lr=0.02, progress=False, draw_figures=False)
 """What a small training run is unless a test says otherwise (conftest's ``small_run``): a tiny MLP
 on the embedded digits data, a fixed step size (no step-size trials), no progress bar or figures."""
@@ -39,3 +46,14 @@ tests' run (conftest's ``reference_run`` is one, uninterrupted)."""
 def error_lines(capsys) -> list[str]:
     """The non-blank lines written to stderr since the last capture."""
     return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run directories hold bitwise-equal models and the same metrics (but wall time)."""
+    wa, wb = load_file(a / runs.MODEL), load_file(b / runs.MODEL)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
+
+    assert strip(runs.read_metrics(a)) == strip(runs.read_metrics(b))

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fast_checks import M, assert_resume_is_bitwise_exact, make_data, make_model
-from safetensors.torch import load_file
+from helpers import assert_same_run
 
 import aevb
 from aevb import compat, runs, training
@@ -262,14 +262,7 @@ def test_fallback_run_resumes_to_the_uninterrupted_run(fallbacks, tmp_path, monk
     monkeypatch.setattr(training.Trainer, "checkpoint", real_checkpoint)
     assert 0 < runs.load_tensors(tmp_path / "cut" / runs.STATE)[1]["samples_seen"] < 6_000
     aevb.train(resume=tmp_path / "cut", progress=False, draw_figures=False)
-    a = load_file(tmp_path / "full" / runs.MODEL)
-    b = load_file(tmp_path / "cut" / runs.MODEL)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-    def strip(recs):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
-
-    assert strip(runs.read_metrics(tmp_path / "full")) == strip(runs.read_metrics(tmp_path / "cut"))
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.parametrize("private", [True, False])

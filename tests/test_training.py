@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import assert_same_run
 
 import aevb
 from aevb import algorithms, runs, training
@@ -74,14 +74,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     assert 0 < state["samples_seen"] < 12_000
 
     aevb.train(resume=tmp_path / "cut", progress=False, draw_figures=False)
-    a = load_file(tmp_path / "full" / runs.MODEL)
-    b = load_file(tmp_path / "cut" / runs.MODEL)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-    def strip(recs):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
-
-    assert strip(runs.read_metrics(tmp_path / "full")) == strip(runs.read_metrics(tmp_path / "cut"))
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 def test_resume_can_extend_the_budget(tmp_path):
