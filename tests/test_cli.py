@@ -50,6 +50,7 @@ def test_evaluate_json(run_dir, capsys):
 
 def test_sample_manifold_reconstruct_encode(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--n", "16", "--out", str(tmp_path / "s.npy")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 's.npy'}\n"  # the file written
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (16, 64) and s.min() >= 0 and s.max() <= 1
     assert main(["sample", str(run_dir), "--n", "16", "--out", str(tmp_path / "s.png")]) == 0

@@ -15,7 +15,7 @@ from aevb.errors import ConfigError
 
 def test_interpolation_endpoints_decode_the_points_means(tmp_path, overfit_run):
     out = tmp_path / "paths.npz"
-    api.interpolate(overfit_run, out, pairs=3, steps=6, split="test", seed=1)
+    res = api.interpolate(overfit_run, pairs=3, steps=6, split="test", seed=1, out=out)
     with np.load(out) as f:
         x, z, index, methods = f["x"], f["z"], f["index"], list(f["methods"])
     assert methods == ["linear", "spherical"] and x.shape == (3, 2, 6, 64)
@@ -36,7 +36,12 @@ def test_interpolation_endpoints_decode_the_points_means(tmp_path, overfit_run):
         np.testing.assert_allclose(lin[1] - lin[0], lin[2] - lin[1], atol=1e-5)
         mid = 6 // 2
         assert np.linalg.norm(sph[mid]) > np.linalg.norm(lin[mid])
-    png = api.interpolate(overfit_run, tmp_path / "paths.png", pairs=2, steps=5)
+    np.testing.assert_array_equal(res.decoded, x)  # the arrays returned are those written
+    np.testing.assert_array_equal(res.latents, z)
+    np.testing.assert_array_equal(res.index, index)
+    assert res.methods == ("linear", "spherical")
+    png = tmp_path / "paths.png"
+    api.interpolate(overfit_run, pairs=2, steps=5, out=png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="--pairs"):
-        api.interpolate(overfit_run, tmp_path / "p.png", pairs=500, split="test")
+        api.interpolate(overfit_run, pairs=500, split="test", out=tmp_path / "p.png")

@@ -46,4 +46,5 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, str(README), "exec"), {})
     out = capsys.readouterr().out
     assert "'bound':" in out
+    assert "(100, 64) (100, 2)" in out  # the manifold's arrays
     assert (tmp_path / "api-manifold.png").exists()

@@ -45,13 +45,19 @@ def test_csv_standardisation_round_trips(tmp_path, small_run):
     assert abs(mean[1] - 170) < 2 and abs(std[0] - 20) < 3
     # encode standardises the file's rows; decode undoes it
     model = aevb.load(out)
-    api.encode(out, tmp_path / "z.npz", data=str(csv), split="train")
+    enc = api.encode(out, data=str(csv), split="train", out=tmp_path / "z.npz")
     with np.load(tmp_path / "z.npz") as z:
         mu = z["mu"]
+    np.testing.assert_array_equal(enc.mu, mu)
+    # rows given as an array are in data units too: standardised by the run's statistics
+    np.testing.assert_allclose(api.encode(out, x=train_rows).mu, mu, atol=1e-6)
+    rec = api.reconstruct(out, x=train_rows[:5])
+    np.testing.assert_allclose(rec.x, train_rows[:5], rtol=1e-5)
+    assert abs(rec.reconstruction[:, 1].mean() - 170) < 15
     x_std = (train_rows - mean) / std
     expect_mu, _ = model.encode(torch.from_numpy(x_std.astype(np.float32)))
     np.testing.assert_allclose(mu, expect_mu.detach().numpy(), atol=1e-5)
-    dec = api.decode(out, mu, tmp_path / "x.csv")
+    dec = api.decode(out, mu, out=tmp_path / "x.csv")
     model_space = model.decode_mean(torch.from_numpy(mu)).detach().numpy()
     np.testing.assert_allclose(dec, model_space * std + mean, rtol=1e-5)
     lines = (tmp_path / "x.csv").read_text().splitlines()
@@ -62,8 +68,9 @@ def test_csv_standardisation_round_trips(tmp_path, small_run):
     assert abs(dec[:, 1].mean() - 170) < 10
     assert sel.shape[1] == 2
     # a sample written as CSV is in data units too
-    api.sample(out, 50, tmp_path / "s.csv")
+    drawn = api.sample(out, 50, out=tmp_path / "s.csv")
     s = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(drawn, s, rtol=1e-5)
     assert s.shape == (50, 2) and abs(s[:, 1].mean() - 170) < 15
 
 

@@ -15,7 +15,9 @@ them, in order, at these events:
   ``metrics.jsonl`` (train, test and valid bounds, ``samples_seen``, ``seconds``, ...);
 - ``on_checkpoint(trainer)``: after every checkpoint is written (runs with a run directory);
 - ``on_train_end(trainer)``: once at the end of every run call that started, also when training
-  stops on an error (the error propagates after it).
+  stops on an error (the error propagates after it);
+- ``on_run_end(trainer)``: once :func:`aevb.train` has written the run's last checkpoint and its
+  figures, after ``on_train_end`` (not at a bare :meth:`Trainer.run`, nor after an error).
 
 A callback stops training by setting ``trainer.should_stop = True``: the Trainer stops after the
 current evaluation's checkpoint (or at the next evaluation, when set elsewhere). An exception
@@ -33,9 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from tqdm.auto import tqdm
 
 from . import runs
+from .data.mapped import first_rows
+from .mlflow_tracking import MlflowTracker, current_error
 from .selection import Selection
 from .tracking import RunTracker
 
@@ -60,6 +65,9 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer) -> None:
         """At the end of a :meth:`Trainer.run` call (also when it ends on an error)."""
+
+    def on_run_end(self, trainer: Trainer) -> None:
+        """After :func:`aevb.train` wrote the run's last checkpoint and figures."""
 
 
 class MetricsFile(Callback):
@@ -94,7 +102,43 @@ class TensorBoard(Callback):
     def on_evaluation(self, trainer: Trainer, record: dict) -> None:
         lr = trainer.alg.optimizer.param_groups[0]["lr"]
         shown = trainer.valid_x if trainer.valid_x is not None else trainer.test_x
+        if shown is not None and not isinstance(shown, torch.Tensor):  # rows read from disk
+            shown = torch.from_numpy(first_rows(shown, 64)).to(trainer.device)
         self.tracker.log(record, lr, trainer.model, shown)
+
+
+class MLflow(Callback):
+    """Logs the run to MLflow (:mod:`aevb.mlflow_tracking`), from rank 0: its parameters at the
+    start, every evaluation's metrics with ``samples_seen`` as the step, its model files and
+    figures at the end. ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``, else
+    ``file:./mlruns``. Needs MLflow (``pip install 'aevb[mlflow]'``): ConfigError at once if not.
+    """
+
+    def __init__(
+        self, tracking_uri: str | None = None, experiment: str = "aevb", run_name: str | None = None
+    ) -> None:
+        self.tracker = MlflowTracker(tracking_uri, experiment, run_name)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.rank == 0:
+            config = (
+                runs.read_config(trainer.run_dir)
+                if trainer.run_dir is not None
+                else {"model": trainer.model.config.to_dict(), "train": trainer.config.to_dict()}
+            )
+            self.tracker.start(trainer.run_dir, config)
+
+    def on_evaluation(self, trainer: Trainer, record: dict) -> None:
+        if trainer.rank == 0:
+            self.tracker.log_metrics(record)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.rank == 0:
+            self.tracker.finish(trainer.run_dir, current_error())
+
+    def on_run_end(self, trainer: Trainer) -> None:
+        if trainer.rank == 0 and trainer.run_dir is not None and self.tracker.run_id:
+            self.tracker.log_figures(trainer.run_dir)  # the model files: at on_train_end
 
 
 class OnEvaluation(Callback):

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, api, compat, distributed, experiments, runs, settings
 from .config import load_config
@@ -35,8 +36,8 @@ def _data_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument(
         "--data",
         default=default,
-        help="dataset name (digits, mnist, binarized-mnist, frey) or a .npy/.npz/.csv file; "
-        "rows are datapoints"
+        help="dataset name (digits, mnist, binarized-mnist, frey), a .npy/.npz/.csv file (rows "
+        "are datapoints) or a folder of images"
         + (f" (default: {default})" if default else " (default: the run's training data)"),
     )
     p.add_argument(
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_tool_parsers(sub)
     _add_plot_interpolate_verify_parsers(sub)
+    _add_export_info_parsers(sub)
     _add_reproduce_parser(sub)
     return parser
 
@@ -226,6 +228,34 @@ def _add_plot_interpolate_verify_parsers(sub: argparse._SubParsersAction[_Parser
     vf.set_defaults(func=_cmd_verify)
 
 
+def _add_export_info_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    ex = sub.add_parser(
+        "export", help="the encoder and decoder as ONNX or torch.export files (docs/EXPORT.md)"
+    )
+    ex.add_argument("run_dir", metavar="RUNDIR")
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=["onnx", "torch-export"],
+        help="onnx (needs pip install aevb[onnx]) or torch-export (.pt2, torch.export.save)",
+    )
+    ex.add_argument(
+        "--part",
+        choices=["encoder", "decoder", "both"],
+        default="both",
+        help="x -> q(z|x)'s parameters, z -> p(x|z)'s, or both (default)",
+    )
+    ex.add_argument(
+        "--out", required=True, help="a new (or empty) folder: the files and export.json"
+    )
+    ex.set_defaults(func=_cmd_export)
+
+    nf = sub.add_parser("info", help="a run's model card: data, model, objective, results")
+    nf.add_argument("run_dir", metavar="RUNDIR")
+    nf.add_argument("--json", action="store_true", help="print one JSON object")
+    nf.set_defaults(func=_cmd_info)
+
+
 def _add_reproduce_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     rp = sub.add_parser(
         "reproduce", help="a figure of the paper (2-5), its table and values (docs/REPRODUCTION.md)"
@@ -373,7 +403,7 @@ def _print_evaluation(res: dict) -> None:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    x = api.decode(args.run_dir, args.latents, args.out)
+    x = api.decode(args.run_dir, args.latents, out=args.out)
     print(f"{args.out} ({len(x)} rows)")
     return 0
 
@@ -394,57 +424,56 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
-    print(
-        api.interpolate(
-            args.run_dir,
-            args.out,
-            pairs=args.pairs,
-            steps=args.steps,
-            data=args.data,
-            split=args.split,
-            data_dir=args.data_dir,
-            method=args.method,
-            seed=args.seed,
-        )
+    api.interpolate(
+        args.run_dir,
+        pairs=args.pairs,
+        steps=args.steps,
+        data=args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        method=args.method,
+        seed=args.seed,
+        out=args.out,
     )
+    print(Path(args.out))
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    print(api.sample(args.run_dir, args.n, args.out, seed=args.seed))
+    api.sample(args.run_dir, args.n, seed=args.seed, out=args.out)
+    print(Path(args.out))
     return 0
 
 
 def _cmd_manifold(args: argparse.Namespace) -> int:
-    print(api.manifold(args.run_dir, args.grid, args.out))
+    api.manifold(args.run_dir, args.grid, out=args.out)
+    print(Path(args.out))
     return 0
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    print(
-        api.reconstruct(
-            args.run_dir,
-            args.out,
-            n=args.n,
-            data=args.data,
-            split=args.split,
-            data_dir=args.data_dir,
-        )
+    api.reconstruct(
+        args.run_dir,
+        n=args.n,
+        data=args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        out=args.out,
     )
+    print(Path(args.out))
     return 0
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    print(
-        api.encode(
-            args.run_dir,
-            args.out,
-            data=args.data,
-            split=args.split,
-            data_dir=args.data_dir,
-            binarize=args.binarize,
-        )
+    api.encode(
+        args.run_dir,
+        data=args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        binarize=args.binarize,
+        out=args.out,
     )
+    print(Path(args.out))
     return 0
 
 
@@ -469,6 +498,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     how = "match their checksums" if res["checksums"] else "parse (format 1: no checksums)"
     n, fmt = len(res["files"]), res["format_version"]
     print(f"{args.run_dir}: run format {fmt}, {n} files {how}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    res = api.export(args.run_dir, args.format, args.part, out=args.out)
+    print("\n".join(res.summary()))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    card = api.info(args.run_dir)
+    print(json.dumps(card, sort_keys=True) if args.json else api.render_info(card))
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import settings
+from .data.memory import IN_MEMORY
 from .errors import ConfigError
 from .model import ModelConfig, ModelOptions
 from .options import declared, unknown_key
@@ -79,7 +80,7 @@ def from_run_config(cfg: dict, where: str = "config.json") -> dict:
         if key in train_options:  # the rest is derived, internal, or from a newer aevb
             out[key] = value
     data_options = {f.name for f in declared(settings.DataOptions)}
-    derived = {"spec", "n_train", "n_test", "description", "column_names"}
+    derived = {"spec", "n_train", "n_test", "description", "column_names", "fingerprint"}
     data = _section(cfg, "data", where)
     for key, value in data.items():
         if key == "standardize":  # the run records the statistics it used
@@ -88,7 +89,7 @@ def from_run_config(cfg: dict, where: str = "config.json") -> dict:
             out[key] = value
         elif key not in derived:
             raise unknown_key(key, settings.OWNER, f"{where} [data]")
-    if "spec" in data:
+    if "spec" in data and data["spec"] != IN_MEMORY:  # data from Python: the caller gives it
         out["data"] = data["spec"]
     model = _section(cfg, "model", where)
     if model.get("image_shape") is not None and data.get("image_shape") is None:
@@ -108,12 +109,13 @@ def load_config(path: str | Path) -> dict:
 def check(options: dict, where: str = "config") -> dict:
     """Reject unknown keys (naming the closest valid one) and values of the wrong type.
 
-    Lists where the option takes a pair (``image_shape``) become tuples.
+    Lists where the option takes a tuple (``image_shape``, ``image_size``) become tuples.
     """
     flat = {k: v for k, v in options.items() if k not in FILE_KEYS}
     settings.settings_from(flat, where=where)  # raises on the first bad key or value
-    if options.get("image_shape") is not None:
-        options["image_shape"] = tuple(options["image_shape"])
+    for key in ("image_shape", "image_size"):
+        if options.get(key) is not None:
+            options[key] = tuple(options[key])
     if "out" in options and not isinstance(options["out"], str):
         raise ConfigError(f"{where}: out = {options['out']!r} has the wrong type; expected a path")
     return options

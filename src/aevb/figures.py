@@ -1,4 +1,9 @@
-"""Pictures: image grids (samples, reconstructions, the Figure 4 manifold) and bound curves."""
+"""Pictures: image grids (samples, reconstructions, the Figure 4 manifold) and bound curves.
+
+Images are rows of (H, W) grey values, or of (H, W, 3) RGB values flattened channel-last (as the
+data layer stores colour images); grids of grey images are 2-D arrays, of colour images
+(rows, columns, 3) arrays, drawn in colour.
+"""
 
 from __future__ import annotations
 
@@ -36,32 +41,45 @@ def tile_shape(x_dim: int, image_shape: Sequence[int] | None) -> tuple[int, int]
     return (side, side) if side * side == x_dim else (1, x_dim)
 
 
+def tile_channels(image_shape: Sequence[int] | None) -> int:
+    """Colour channels each tile is drawn with: 1 (grey) or 3 (RGB, an (H, W, 3) shape)."""
+    c = int(image_shape[2]) if image_shape is not None and len(image_shape) > 2 else 1
+    if c not in (1, 3):
+        raise ConfigError(f"images of shape {tuple(image_shape or ())}: can draw 1 or 3 channels")
+    return c
+
+
 def image_grid(
     images: np.ndarray | torch.Tensor, image_shape: Sequence[int] | None, ncol: int, pad: int = 1
 ) -> np.ndarray:
-    """Arrange (N, D) images in [0, 1] into one 2-D array of ``ncol`` columns with padding."""
+    """Arrange (N, D) images in [0, 1] into one array of ``ncol`` columns with white padding:
+    2-D for grey images, (rows, columns, 3) for colour ones (``image_shape`` (H, W, 3), rows
+    flattened channel-last)."""
     x = images.detach().cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
     h, w = tile_shape(x.shape[1], image_shape)
+    c = tile_channels(image_shape)
     n = len(x)
     nrow = int(math.ceil(n / ncol))
-    grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.float32)
+    grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32)
     for i in range(n):
-        r, c = divmod(i, ncol)
-        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
-        grid[y0 : y0 + h, x0 : x0 + w] = x[i].reshape(h, w)
-    return grid
+        r, col = divmod(i, ncol)
+        y0, x0 = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y0 : y0 + h, x0 : x0 + w] = x[i].reshape(h, w, c)
+    return grid[:, :, 0] if c == 1 else grid
 
 
-def _save_figure(fig: Figure, path: str | Path, grey: bool = False) -> None:
-    """Write ``fig`` as a PNG atomically; ``grey`` stores one channel of 64 levels (small files)."""
+def _save_figure(fig: Figure, path: str | Path, grey: bool = False, rgb: bool = False) -> None:
+    """Write ``fig`` as a PNG atomically; ``grey`` stores one channel of 64 levels (small files),
+    ``rgb`` three 8-bit channels (colour images; the opaque figure's alpha channel dropped)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
     _pyplot().close(fig)
-    if grey:
+    if grey or rgb:
         from PIL import Image  # matplotlib's own dependency
 
-        # 64 grey levels: indistinguishable by eye, and the photographs compress far better
-        img = Image.open(io.BytesIO(buf.getvalue())).convert("L").point(lambda v: v // 4 * 4)
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("L" if grey else "RGB")
+        if grey:  # 64 grey levels: indistinguishable by eye, and photographs compress far better
+            img = img.point(lambda v: v // 4 * 4)
         buf = io.BytesIO()
         img.save(buf, format="PNG", optimize=True)
     atomic_write_bytes(path, buf.getvalue())
@@ -74,8 +92,9 @@ def save_grid(
     ncol: int,
     title: str | None = None,
 ) -> None:
-    """Save an image grid as a PNG (written atomically)."""
-    grid = image_grid(images, image_shape, ncol)
+    """Save an image grid as a PNG (written atomically): grey images in grey, (H, W, 3)
+    images in colour (an RGB PNG)."""
+    grid = np.clip(image_grid(images, image_shape, ncol), 0.0, 1.0)
     scale = max(1.0, 400.0 / max(grid.shape))
     fig = _pyplot().figure(
         figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100 + (0.3 if title else 0)),
@@ -86,7 +105,7 @@ def save_grid(
     ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9, y=0.995, va="top")
-    _save_figure(fig, path)
+    _save_figure(fig, path, rgb=grid.ndim == 3)
 
 
 def manifold_latents(grid: int) -> torch.Tensor:
@@ -230,7 +249,8 @@ def plot_image_panels(
     """Figures 4 and 5: image grids (from :func:`image_grid`) side by side, one titled panel.
 
     Drawn at a whole number of screen pixels per image pixel (the tallest grid at least 400
-    pixels high), so every tile stays sharp and legible.
+    pixels high), so every tile stays sharp and legible. Grey grids give a grey PNG; if any grid
+    is in colour, an RGB one.
     """
     plt = _pyplot()
     dpi = 100
@@ -244,10 +264,12 @@ def plot_image_panels(
     for (ptitle, grid), w in zip(grids, widths, strict=True):
         h = grid.shape[0] * scale / dpi
         ax = fig.add_axes((x / fw, (0.1 + height - h) / fh, w / fw, h / fh))
-        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+        shown = np.clip(grid, 0.0, 1.0)
+        ax.imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
         ax.set_title(ptitle, fontsize=9)
         ax.set_axis_off()
         x += w + gap
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.08 / fh, va="top")
-    _save_figure(fig, path, grey=True)
+    grey = all(g.ndim == 2 for _, g in grids)
+    _save_figure(fig, path, grey=grey, rgb=not grey)

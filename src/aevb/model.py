@@ -90,12 +90,13 @@ class ModelConfig(ModelOptions):
     likelihood: str = "bernoulli"
     prior: str = "normal"
     x_dim: int
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
+    """(H, W) of grey images, (H, W, C) of images with C channels, flattened channel-last."""
     parameter_posterior: bool = False  # full VB: a Gaussian posterior over the decoder's weights
 
     def __post_init__(self) -> None:
         if self.image_shape is not None:
-            self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
+            self.image_shape = tuple(int(s) for s in self.image_shape)
         for name, value, choices in (
             ("likelihood", self.likelihood, LIKELIHOODS),
             ("posterior", self.posterior, POSTERIORS),
@@ -110,6 +111,10 @@ class ModelConfig(ModelOptions):
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.depth < 0:
             raise ConfigError(f"depth must be >= 0, got {self.depth}")
+        if self.image_shape is not None and (
+            len(self.image_shape) not in (2, 3) or min(self.image_shape) < 1
+        ):
+            raise ConfigError(f"image shape {self.image_shape}: expected (H, W) or (H, W, C)")
         if self.image_shape is not None and int(np.prod(self.image_shape)) != self.x_dim:
             raise ConfigError(
                 f"image shape {self.image_shape} has {int(np.prod(self.image_shape))} pixels "

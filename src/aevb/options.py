@@ -40,6 +40,7 @@ def option(
     cli: bool = True,
     check: Callable[[Any], str | None] | None = None,
     choices: Any = None,
+    const: Any = None,
 ) -> Any:
     """A dataclass field that is a user-facing option.
 
@@ -49,7 +50,8 @@ def option(
     one-line complaint about a value of the right type (a range), or None. ``choices`` names a
     live registry (a dict or tuple read at each check) for the choices a user can extend, such as
     the latent families of :func:`aevb.families.register_family`; fixed choices are a
-    ``Literal[...]`` type instead.
+    ``Literal[...]`` type instead. ``const`` makes the flag's value optional: the flag alone
+    gives ``const`` (``--mlflow`` alone, ``--mlflow URI``).
     """
     meta = {
         "help": help,
@@ -60,6 +62,7 @@ def option(
         "cli": cli,
         "check": check,
         "choices": choices,
+        "const": const,
     }
     return dataclasses.field(default=default, metadata=meta)
 
@@ -267,6 +270,12 @@ def _help_text(f: dataclasses.Field) -> str:
     return text
 
 
+def _tuple_lengths(hint: Any) -> set[int]:
+    """The lengths of the fixed-size tuples a type allows (``tuple[int, int] | None``: {2})."""
+    found = [hint, *typing.get_args(hint)]
+    return {len(typing.get_args(h)) for h in found if typing.get_origin(h) is tuple}
+
+
 def add_arguments(parser: Any, cls: type, prefix: str = "") -> None:
     """Add a flag per option field of ``cls`` to an argparse parser or group.
 
@@ -292,12 +301,12 @@ def add_arguments(parser: Any, cls: type, prefix: str = "") -> None:
         choices = choices_of(cls, f.name)
         if choices is not None and f.metadata.get("parse") is None:
             kw["choices"] = [c for c in choices if c is not None]
-        elif typing.get_origin(hint) is tuple or any(
-            typing.get_origin(h) is tuple for h in typing.get_args(hint)
-        ):
-            kw.update(nargs=2, type=positive_int)
+        elif lengths := _tuple_lengths(hint):  # H W, or H W C: checked by check_value
+            kw.update(nargs=lengths.pop() if len(lengths) == 1 else "+", type=positive_int)
         else:
             kw["type"] = _parser_for(f, hint)
+        if f.metadata.get("const") is not None:  # the flag alone means const
+            kw.update(nargs="?", const=f.metadata["const"])
         if f.metadata["metavar"] is not None:
             kw["metavar"] = f.metadata["metavar"]
         parser.add_argument(*names, **{k: v for k, v in kw.items() if v is not None})

@@ -76,6 +76,13 @@ def _trials() -> str:
     return "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in LR_CANDIDATES.items())
 
 
+def _image_shape_check(v: Any) -> str | None:
+    """H W (grey) or H W C with C = 1 or 3 (colour rows, channel-last), positive sizes."""
+    if min(v) >= 1 and tuple(v[2:]) in ((), (1,), (3,)):
+        return None
+    return "H W, or H W C with C 1 (grey) or 3 (RGB)"
+
+
 class _Group:
     """A settings group: its fields are checked when it is made."""
 
@@ -89,16 +96,25 @@ class DataOptions(_Group):
 
     data: str = option(
         "digits",
-        "dataset name (digits, mnist, binarized-mnist, frey) or a .npy/.npz/.csv file; rows "
-        "are datapoints (default digits)",
+        "dataset name (digits, mnist, binarized-mnist, frey), a .npy/.npz/.csv file (rows are "
+        "datapoints) or a folder of images (DIR/*.png or DIR/<class>/*.png) (default digits)",
     )
     data_dir: str | Path | None = option(
         None,
         "folder holding mnist/, binarized_mnist/, frey/ (else $AEVB_DATA_DIR, else "
         "~/.cache/aevb; missing files are downloaded there)",
     )
-    image_shape: tuple[int, int] | None = option(
-        None, "height and width of the images a file's rows hold", metavar=("H", "W")
+    image_shape: tuple[int, int] | tuple[int, int, int] | None = option(
+        None,
+        "height and width of the images a file's rows hold; H W 3 for colour rows (channel-last)",
+        metavar=("H W", "C"),
+        check=_image_shape_check,
+    )
+    image_size: tuple[int, int] | None = option(
+        None,
+        "resize every image of a --data folder to H x W pixels (else they must share one size)",
+        metavar=("H", "W"),
+        check=lambda v: None if min(v) >= 1 else "two positive sizes",
     )
     validation: bool = option(
         False,
@@ -112,11 +128,19 @@ class DataOptions(_Group):
         False,
         "z-score each column (training-set statistics, kept in the run); real-valued data",
     )
+    memory_map: bool = option(
+        False,
+        "read a .npy file's rows from disk as each minibatch needs them instead of loading it: "
+        "data larger than memory (docs/DATA.md)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_shape is not None:
-            self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
+            shape = tuple(self.image_shape)
+            self.image_shape = shape[:2] if shape[2:] == (1,) else shape  # type: ignore[assignment]
+        if self.image_size is not None:
+            self.image_size = tuple(self.image_size)  # type: ignore[assignment]
 
 
 @dataclass
@@ -239,6 +263,15 @@ class CheckpointOptions(_Group):
         check=positive,
     )
     tensorboard: bool = option(False, "also write TensorBoard files to RUNDIR/tensorboard")
+    mlflow: str | None = option(
+        None,
+        "also log the run to the MLflow tracking store at URI: parameters, every evaluation's "
+        "metrics, figures and model files; alone: file:./mlruns, a local file store "
+        "(pip install 'aevb[mlflow]')",
+        const="file:./mlruns",
+        metavar="URI",
+        check=lambda v: None if v.strip() else "a tracking URI",
+    )
 
 
 @dataclass

@@ -95,26 +95,26 @@ def _scalar_value(tag: str, value: float) -> bytes:
     return _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value)
 
 
-def _image_value(tag: str, png: bytes, height: int, width: int) -> bytes:
+def _image_value(tag: str, png: bytes, height: int, width: int, channels: int = 1) -> bytes:
     image = (
-        _field_varint(1, height) + _field_varint(2, width) + _field_varint(3, 1)
+        _field_varint(1, height) + _field_varint(2, width) + _field_varint(3, channels)
         + _field_bytes(4, png)
     )  # fmt: skip
     return _field_bytes(1, tag.encode()) + _field_bytes(4, image)
 
 
 def png_gray(image: np.ndarray) -> bytes:
-    """An 8-bit greyscale PNG of a 2-D array with values in [0, 1]."""
+    """An 8-bit PNG of a 2-D (greyscale) or (H, W, 3) (RGB) array with values in [0, 1]."""
     a = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
     pix = np.round(a * 255.0).astype(np.uint8)
-    h, w = pix.shape
+    h, w = pix.shape[:2]
     raw = b"".join(b"\x00" + pix[r].tobytes() for r in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if pix.ndim == 3 else 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
@@ -152,9 +152,10 @@ class EventWriter:
         self._write([_event(time.time(), int(step), summary=summary)])
 
     def add_image(self, step: int, tag: str, image: np.ndarray) -> None:
-        """A greyscale image (2-D array in [0, 1])."""
-        h, w = np.asarray(image).shape
-        summary = _field_bytes(1, _image_value(tag, png_gray(image), h, w))
+        """A greyscale (2-D) or RGB ((H, W, 3)) image with values in [0, 1]."""
+        shape = np.asarray(image).shape
+        h, w, c = shape[0], shape[1], (shape[2] if len(shape) == 3 else 1)
+        summary = _field_bytes(1, _image_value(tag, png_gray(image), h, w, c))
         self._write([_event(time.time(), int(step), summary=summary)])
 
 

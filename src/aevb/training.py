@@ -28,8 +28,17 @@ from tqdm.auto import tqdm
 
 from . import distributed, runs
 from .algorithms.base import Algorithm
-from .callbacks import Callback, MetricsFile, ModelSelection, OnEvaluation, ProgressBar, TensorBoard
+from .callbacks import (
+    Callback,
+    MetricsFile,
+    MLflow,
+    ModelSelection,
+    OnEvaluation,
+    ProgressBar,
+    TensorBoard,
+)
 from .data.base import binarize_tensor
+from .data.mapped import MappedRows
 from .errors import ConfigError, NumericalError
 from .fast import tune_allocator
 from .runs import owned_tensor
@@ -142,21 +151,22 @@ class Trainer:
     def __init__(
         self,
         algorithm: Algorithm,
-        train_x: Tensor,
-        test_x: Tensor | None,
+        train_x: Tensor | MappedRows,
+        test_x: Tensor | MappedRows | None,
         config: TrainConfig,
         run_dir: str | Path | None = None,
         progress: bool = True,
         on_eval: Callable[[dict], None] | None = None,
         evaluate_points: bool = True,
-        valid_x: Tensor | None = None,
+        valid_x: Tensor | MappedRows | None = None,
         callbacks: list[Callback] | None = None,
     ) -> None:
         self.alg = algorithm
         self.model = algorithm.model
         self.config = config
-        self.train_x = train_x
+        self.train_x = train_x  # a tensor on the device, or rows mapped from disk
         self.test_x = test_x
+        self.device = next(algorithm.model.parameters()).device
         # data parallel (aevb.distributed): config.batch_size is the global minibatch, of which
         # each of the `world` ranks takes `local_batch` points; rank 0 alone writes and prints
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -190,12 +200,12 @@ class Trainer:
         )
         self.trace: list[float] = []  # mean training bound of every group of logged steps
         self.records: list[dict] = []  # evaluation records of this call
-        self.noise = torch.Generator(device=train_x.device).manual_seed(split_seed(config.seed, 1))
+        self.noise = torch.Generator(device=self.device).manual_seed(split_seed(config.seed, 1))
         self.step_count = 0
         self.seconds = 0.0
         self.last_good_step: int | None = None  # step of the last checkpoint written or loaded
         self.watch: FiniteWatch | None = None
-        self._epoch_x: Tensor | None = None
+        self._epoch_x: Tensor | MappedRows | None = None
         self._epoch_perm: Tensor | None = None
         self._epoch = -1
         self._rank_noise()
@@ -209,7 +219,7 @@ class Trainer:
         """What a run does at its events, from its config (:mod:`aevb.callbacks`).
 
         metrics.jsonl (with a run directory), model selection on the validation split (always: its
-        state travels in the checkpoint), TensorBoard files, ``on_eval``, the progress bar.
+        state travels in the checkpoint), TensorBoard files, MLflow, ``on_eval``, the progress bar.
         """
         c = self.config
         out: list[Callback] = [MetricsFile(self.run_dir)] if self.run_dir is not None else []
@@ -221,6 +231,8 @@ class Trainer:
             board = TensorBoard(self.run_dir)
             self.tracker = board.tracker
             out.append(board)
+        if c.mlflow is not None and self.run_dir is not None:  # --mlflow: aevb.mlflow_tracking
+            out.append(MLflow(c.mlflow))
         if self.on_eval is not None:
             out.append(OnEvaluation(self.on_eval))
         if self.progress:  # the per-evaluation lines are on_eval's when it is given
@@ -245,23 +257,44 @@ class Trainer:
         return distributed.gather_cat(torch.cat(parts) if parts else x.new_zeros(0))
 
     # ---------------------------------------------------------------- data order
-    def _epoch_data(self, epoch: int) -> tuple[Tensor, Tensor]:
-        """Binarized training data and minibatch order of an epoch, from (seed, epoch) alone."""
+    def _epoch_data(self, epoch: int) -> tuple[Tensor | MappedRows, Tensor]:
+        """Binarized training data and minibatch order of an epoch, from (seed, epoch) alone
+        (mapped rows are binarized a minibatch at a time, by :meth:`_minibatch`)."""
         if epoch != self._epoch:
             c = self.config
             x = self.train_x
-            if c.binarize == "dynamic":
+            if isinstance(x, MappedRows):
+                pass
+            elif c.binarize == "dynamic":
                 x = binarize_tensor(x, "dynamic", split_seed(c.seed, 2, epoch))
             elif c.binarize == "static":
                 x = binarize_tensor(x, "static", split_seed(c.seed, 3))
             g = torch.Generator().manual_seed(split_seed(c.seed, 4, epoch))
-            self._epoch_perm = torch.randperm(len(x), generator=g).to(x.device)
+            self._epoch_perm = torch.randperm(len(x), generator=g).to(self.device)
             self._epoch_x, self._epoch = x, epoch
         assert self._epoch_x is not None and self._epoch_perm is not None  # set above
         return self._epoch_x, self._epoch_perm
 
-    def _eval_data(self, x: Tensor, split_id: int) -> Tensor:
+    def _minibatch(self, x: Tensor | MappedRows, idx: Tensor, out: Tensor, step: int) -> None:
+        """The minibatch at positions ``idx`` of the epoch's data, into ``out``.
+
+        Mapped rows are read from disk (the same values a loaded file gives), and under dynamic
+        binarization drawn with the noise of (seed, step): a fresh draw per minibatch.
+        """
+        if isinstance(x, Tensor):
+            torch.index_select(x, 0, idx, out=out)
+            return
+        out.copy_(torch.from_numpy(x.read(idx.cpu().numpy())))
+        if self.config.binarize == "dynamic":
+            g = torch.Generator(device=out.device).manual_seed(
+                split_seed(self.config.seed, 8, step)
+            )
+            out.copy_(torch.bernoulli(out, generator=g))
+
+    def _eval_data(self, x: Tensor | MappedRows, split_id: int) -> Tensor:
         """At most eval_size points, binarized by one fixed draw for the dynamic/static modes."""
+        if isinstance(x, MappedRows):
+            x = torch.from_numpy(x.head(self.config.eval_size)).to(self.device)
         x = x[: self.config.eval_size]
         mode = self.config.binarize
         if mode in ("dynamic", "static"):
@@ -277,7 +310,7 @@ class Trainer:
             rec["lr"] = float(self.alg.optimizer.param_groups[0]["lr"])
         distributed.check_replicas(self.model.parameters())  # the ranks hold the same model
         ranks = (self.rank,) if self.world > 1 else ()  # each rank its own evaluation noise
-        g = torch.Generator(device=self.train_x.device).manual_seed(
+        g = torch.Generator(device=self.device).manual_seed(
             split_seed(self.config.seed, 6, self.samples_seen, *ranks)
         )
         self.model.eval()
@@ -433,7 +466,7 @@ class Trainer:
             pending = self._first_evaluation(records)
             if self.should_stop:  # a callback stopped the run at its first evaluation
                 return records
-            running = torch.zeros((), device=self.train_x.device)
+            running = torch.zeros((), device=self.device)
             xb = self._start_steps()
             assert self.watch is not None  # made by _start_steps
             n_running = 0
@@ -446,7 +479,7 @@ class Trainer:
                 x, perm = self._epoch_data(epoch)
                 lo = pos * m + self.rank * self.local_batch  # this rank's part of the minibatch
                 idx = perm[lo : lo + self.local_batch]
-                torch.index_select(x, 0, idx, out=xb)
+                self._minibatch(x, idx, xb, self.step_count)
                 if scheduled:
                     self._schedule_lr()
                 bound = self.alg.step(xb, self.noise, idx)
@@ -499,16 +532,14 @@ class Trainer:
         run's one minibatch buffer (no large allocation, and page faults, per step)."""
         xb = torch.empty(
             (self.local_batch, *self.train_x.shape[1:]),
-            dtype=self.train_x.dtype,
-            device=self.train_x.device,
+            dtype=self.train_x.dtype if isinstance(self.train_x, Tensor) else torch.float32,
+            device=self.device,
         )
-        if self.train_x.device.type == "cpu":
+        if self.device.type == "cpu":
             tune_allocator()  # the autograd steps (baselines, fallbacks) allocate every step
         self._start_notes()
         p0 = next(iter(self.model.parameters()), None)
-        self.watch = FiniteWatch(
-            20, self.train_x.device, p0.dtype if p0 is not None else torch.float32
-        )
+        self.watch = FiniteWatch(20, self.device, p0.dtype if p0 is not None else torch.float32)
         return xb
 
     def _start_notes(self) -> None:

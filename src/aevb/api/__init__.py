@@ -2,29 +2,52 @@
 
 Its parts: :mod:`.common` (a run on disk, devices, :func:`load`), :mod:`.training`
 (:func:`train` and what it needs), :mod:`.evaluation` (:func:`evaluate`) and :mod:`.tools`
-(sampling, the manifold, reconstructions, encoding, decoding, interpolation, curves).
+(sampling, the manifold, reconstructions, encoding, decoding, interpolation, curves),
+:mod:`.exporting` (:func:`export`: ONNX and torch.export files) and :mod:`.card` (:func:`info`).
 """
 
 from __future__ import annotations
 
+from .card import info, render_info
 from .common import Run, load, resolve_device
 from .evaluation import evaluate
-from .tools import decode, encode, interpolate, manifold, plot, reconstruct, sample
+from .exporting import Export, export
+from .tools import (
+    Encoding,
+    Interpolation,
+    Manifold,
+    Reconstruction,
+    decode,
+    encode,
+    interpolate,
+    manifold,
+    plot,
+    reconstruct,
+    sample,
+)
 from .training import choose_lr, draw_run_figures, kl_mark, train
 
 __all__ = [
+    "Encoding",
+    "Export",
+    "Interpolation",
+    "Manifold",
+    "Reconstruction",
     "Run",
     "choose_lr",
     "decode",
     "draw_run_figures",
     "encode",
     "evaluate",
+    "export",
+    "info",
     "interpolate",
     "kl_mark",
     "load",
     "manifold",
     "plot",
     "reconstruct",
+    "render_info",
     "resolve_device",
     "sample",
     "train",

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import figures, runs
-from ..data import DATASETS, Dataset, check_support, load_dataset
+from ..data import DATASETS, Dataset, check_support, first_rows, load_dataset
+from ..data.memory import IN_MEMORY, check_same_data, dataset_from_memory, is_in_memory
 from ..errors import ConfigError, DataError, RunError
 from ..model import VAE, ModelConfig
 from ..seeds import split_seed
@@ -119,15 +121,28 @@ def load(run_dir: str | Path, device: str = "cpu", which: str = "last") -> VAE:
 
 def _run_data(
     run_dir: Path,
-    data: str | None,
+    data: Any,
     split: str,
     data_dir: str | Path | None,
     binarize: str | None,
     which: str = "last",
 ) -> tuple[VAE, np.ndarray, str, dict]:
+    """The run's model and the split to evaluate: the run's own data, reloaded and checked
+    against the fingerprint it recorded, or ``data`` (a spec, or data held in Python)."""
     cfg = runs.read_config(run_dir)
     model = load(run_dir, which=which)
+    if is_in_memory(data):  # an array is evaluated whole; a (train, test) pair by split
+        pair = isinstance(data, tuple | list)
+        ds = dataset_from_memory(
+            data if pair else (data, data), image_shape=model.config.image_shape
+        )
+        return _checked_split(ds, model, split, binarize, cfg)
     spec = data or cfg["data"]["spec"]
+    if spec == IN_MEMORY:
+        raise DataError(
+            f"{run_dir} was trained on data given from Python; pass it: "
+            "aevb.evaluate(run, data=...) (or --data FILE with the same data)"
+        )
     ddir = (
         data_dir
         if data_dir is not None
@@ -142,26 +157,56 @@ def _run_data(
         validation=(spec == "mnist" or spec not in DATASETS)
         and (split == "valid" or (same and bool(cfg["data"].get("validation", False)))),
         columns=cfg["data"].get("columns") if spec not in DATASETS else None,
+        image_size=_folder_size(spec, model),
+        memory_map=same and bool(cfg["data"].get("memory_map", False)),
     )
+    if same:
+        check_same_data(
+            cfg["data"].get("fingerprint"),
+            ds,
+            str(spec),
+            "restore the data the run was trained on, or evaluate other data with --data",
+        )
+    return _checked_split(ds, model, split, binarize, cfg)
+
+
+def _folder_size(spec: str, model: VAE) -> tuple[int, int] | None:
+    """The (H, W) a folder of images is read at for a model of images: the model's own size."""
+    shape = model.config.image_shape
+    if spec in DATASETS or shape is None or not Path(spec).is_dir():
+        return None
+    return int(shape[0]), int(shape[1])
+
+
+def _checked_split(
+    ds: Dataset, model: VAE, split: str, binarize: str | None, cfg: dict
+) -> tuple[VAE, np.ndarray, str, dict]:
+    """A split standardised as the run's data was, checked, and binarized as evaluation does."""
     if ds.x_dim != model.config.x_dim:
         raise DataError(
-            f"{spec} has {ds.x_dim} columns but the model was trained on {model.config.x_dim}; "
-            "use data of the same dimension"
+            f"{ds.name} has {ds.x_dim} columns but the model was trained on "
+            f"{model.config.x_dim}; use data of the same dimension"
         )
     mode = binarize or cfg["train"].get("binarize", "grey")
     _standardize(ds, cfg["data"].get("standardize"))  # the run's z-scores, from its training set
-    x = ds.split(split)
-    check_support(x, model.config.likelihood, mode, f"{ds.name} ({split})")
-    if mode in ("dynamic", "static"):
+    rows = ds.split(split)  # a memory-mapped split is read whole: evaluation holds it
+    x = _checked_rows(first_rows(rows, len(rows)), model, cfg, mode, f"{ds.name} ({split})")
+    return model, x, mode, cfg
+
+
+def _checked_rows(x: np.ndarray, model: VAE, cfg: dict, mode: str, source: str) -> np.ndarray:
+    """Model-space rows checked against the likelihood's support, binarized as the run says."""
+    check_support(x, model.config.likelihood, mode, source)
+    if mode in ("dynamic", "static"):  # one fixed draw, the same for a split and for its array
         g = torch.Generator().manual_seed(split_seed(cfg["train"]["seed"], 7))
         x = torch.bernoulli(torch.from_numpy(x), generator=g).numpy()
-    return model, x, mode, cfg
+    return x
 
 
 def _write_image_or_array(
     out: Path,
     images: torch.Tensor,
-    shape: tuple[int, int] | None,
+    shape: tuple[int, ...] | None,
     ncol: int,
     title: str,
     cfg: dict | None = None,

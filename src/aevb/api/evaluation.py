@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.memory import IN_MEMORY, is_in_memory
 from ..errors import ConfigError
 from ..model import VAE
 from ..seeds import split_seed
@@ -22,7 +23,7 @@ def evaluate(
     run_dir: str | Path,
     split: str = "test",
     *,
-    data: str | None = None,
+    data: Any = None,
     data_dir: str | Path | None = None,
     binarize: str | None = None,
     estimator: str | None = None,
@@ -47,17 +48,19 @@ def evaluate(
 ) -> dict:
     """The lower bound per datapoint on a split, with its standard error over datapoints.
 
+    The run's data is reloaded and checked against its recorded fingerprint; ``data`` is other
+    data: a name, a file, an array (evaluated whole) or a ``(train, test)`` pair (by ``split``).
     ``points`` keeps the first N points of the split (with ``spread``, N points evenly spaced
     through it: the first ones of a file may not be typical, e.g. binarized MNIST's test set).
-    ``marginal`` ("is", "hmc" or "both") adds
-    estimates of log p(x) on the same points (PAPER.md section 7): importance sampling with the
-    encoder as proposal (``importance_samples`` = K draws per point, decoded ``chunk_size`` pairs
-    at a time) and/or the Appendix D estimator (``hmc_samples`` posterior draws per point,
-    ``hmc_leapfrog`` leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
-    ``hmc_target_accept``). Each comes with its standard error over points, its paired gap to the
-    bound and its settings, under ``result["marginal"][method]``. On CPU both estimators run
-    ``workers`` single-threaded workers (default: torch's thread count), see
-    :func:`aevb.marginal.importance_sampling`. ``iwae_samples`` = K adds the importance-weighted
+    ``marginal`` ("is", "hmc" or "both") adds estimates of log p(x) on the same points
+    (PAPER.md section 7): importance sampling with the encoder as proposal
+    (``importance_samples`` = K draws per point, decoded ``chunk_size`` pairs at a time) and/or
+    the Appendix D estimator (``hmc_samples`` posterior draws per point, ``hmc_leapfrog``
+    leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
+    ``hmc_target_accept``), each with its standard error over points, its paired gap to the bound
+    and its settings, under ``result["marginal"][method]``; on CPU both run ``workers``
+    single-threaded workers (default: torch's thread count; see
+    :func:`aevb.marginal.importance_sampling`). ``iwae_samples`` = K adds the importance-weighted
     bound (``result["iwae_bound"]``); for runs trained on it, the bound reported is the ELBO (B
     where the KL is analytic, else A) and K defaults to the run's.
     ``which="best"`` evaluates best_model.safetensors of a run trained with ``keep="best"`` (as
@@ -67,14 +70,9 @@ def evaluate(
     which = _which(which, model)  # "best": best_model.safetensors of a run trained keep="best"
     vae, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
     est, iwae_samples = _estimators(estimator, iwae_samples, vae, cfg)
-    settings: dict[str, Any] = dict(
-        importance_samples=importance_samples,
-        chunk_size=chunk_size,
-        hmc_samples=hmc_samples,
-        hmc_leapfrog=hmc_leapfrog,
-        hmc_warmup=hmc_warmup,
-        hmc_target_accept=hmc_target_accept,
-    )
+    settings: dict[str, Any] = dict(importance_samples=importance_samples, chunk_size=chunk_size)
+    settings.update(hmc_samples=hmc_samples, hmc_leapfrog=hmc_leapfrog, hmc_warmup=hmc_warmup)
+    settings.update(hmc_target_accept=hmc_target_accept)
     _check_counts(iwae_samples, samples, marginal, workers, **settings)
     x = _take_points(x, points, spread, split)
     dev = resolve_device(device)
@@ -83,7 +81,7 @@ def evaluate(
     xt, b = _bounds(vae, x, est, samples, batch_size, seed, dev)
     res = {
         "run": str(run_dir),
-        "data": data or cfg["data"]["spec"],
+        "data": cfg["data"]["spec"] if data is None else _data_name(data),
         "split": split,
         "model": which,
         "binarize": mode,
@@ -98,6 +96,11 @@ def evaluate(
     res.update(_iwae(vae, xt, iwae_samples, seed, dev))
     res.update(_marginals(vae, xt, b, marginal, seed, dev, progress, settings, workers))
     return res
+
+
+def _data_name(data: Any) -> str:
+    """How a result names the data evaluated: its spec, or IN_MEMORY for data given from Python."""
+    return IN_MEMORY if is_in_memory(data) else str(data)
 
 
 def _estimators(

@@ -1,12 +1,21 @@
 """Using a trained run: samples, the manifold, reconstructions, encoding and decoding,
-latent interpolation, and curves of several runs."""
+latent interpolation, and curves of several runs.
+
+The tools return NumPy arrays and write a file only when given ``out=``. Data comes back as rows,
+one datapoint per row ``(N, D)`` (reshape to ``model.config.image_shape`` to view images), in
+data units: a run trained with ``--standardize`` has its z-scores undone. Latent points are rows
+``(N, J)`` of the model's latent space. Where a tool reads data it takes either an array ``x``
+(rows in data units, or ``(N, *image_shape)`` images) or a split of a dataset (``data``,
+``split``, ``data_dir``; by default the run's own data).
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -14,32 +23,166 @@ import torch
 
 from .. import figures, runs
 from ..errors import ConfigError, DataError, RunError
-from ..model import VAE
-from .common import _run_data, _unstandardize, _write_image_or_array, load
+from ..model import VAE, ModelConfig
+from .common import _checked_rows, _run_data, _unstandardize, _write_image_or_array, load
+
+ArrayInput: TypeAlias = "npt.ArrayLike | torch.Tensor"
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruction:
+    """Datapoints beside their reconstructions (decoder mean at the posterior's center)."""
+
+    x: np.ndarray
+    """(n, D): the datapoints, in data units."""
+    reconstruction: np.ndarray
+    """(n, D): their reconstructions, in data units."""
+
+
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """The approximate posterior q(z|x) of N datapoints.
+
+    ``params`` holds the encoder's outputs by name, each (N, J): ``mu`` and ``logvar`` for the
+    Gaussian posterior (also as the attributes ``mu`` and ``logvar``), ``loc`` and ``log_scale``
+    or others for other families. ``center`` (N, J) is the posterior mean (Gaussian) or median:
+    the latent point a reconstruction decodes.
+    """
+
+    params: dict[str, np.ndarray]
+    center: np.ndarray
+
+    @property
+    def mu(self) -> np.ndarray:
+        """(N, J) posterior means of the Gaussian posterior."""
+        return self._param("mu")
+
+    @property
+    def logvar(self) -> np.ndarray:
+        """(N, J) posterior log-variances of the Gaussian posterior."""
+        return self._param("logvar")
+
+    def _param(self, name: str) -> np.ndarray:
+        if name not in self.params:
+            raise AttributeError(
+                f"this posterior has no {name!r}; its parameters are {list(self.params)} "
+                "(.params), its latent points .center"
+            )
+        return self.params[name]
+
+
+@dataclass(frozen=True, eq=False)
+class Manifold:
+    """Figure 4: decoder means over a K x K grid of the 2-D latent space, row by row.
+
+    Row r of the picture is rows r*K .. r*K+K-1 here; z2 grows upwards, z1 to the right.
+    """
+
+    decoded: np.ndarray
+    """(K*K, D): the decoder means, in data units."""
+    latents: np.ndarray
+    """(K*K, 2): the latent points (Phi^-1 of the unit square, or the prior's inverse CDF)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Interpolation:
+    """Decoded latent paths between the posterior centers of pairs of datapoints."""
+
+    decoded: np.ndarray
+    """(pairs, methods, steps, D): the decoder means along each path, in data units."""
+    latents: np.ndarray
+    """(pairs, methods, steps, J): the latent paths, from one center to the other."""
+    index: np.ndarray
+    """(2 * pairs,): the datapoints' rows (in ``x`` or the split); pair p is rows 2p, 2p+1."""
+    methods: tuple[str, ...]
+    """The path kinds, in the order of the second axis: "linear" and/or "spherical"."""
+
+
+def _rows(x: ArrayInput, config: ModelConfig, source: str = "x") -> np.ndarray:
+    """x as float32 rows of the model's width: (N, D) rows or (N, *image_shape) images."""
+    try:
+        a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{source}: not an array ({e})") from None
+    if a.dtype == object or not (
+        np.issubdtype(a.dtype, np.bool_)
+        or (np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.complexfloating))
+    ):
+        raise DataError(f"{source}: expected a numeric array, got dtype {a.dtype}")
+    d, shape = config.x_dim, config.image_shape
+    images = shape is not None and a.ndim == 1 + len(shape) and tuple(a.shape[1:]) == tuple(shape)
+    if not (images or (a.ndim == 2 and a.shape[1] == d)):
+        want = f"(N, {d}) rows" + (f" or (N, {', '.join(map(str, shape))}) images" if shape else "")
+        hint = "; for one datapoint use x[None]" if a.ndim == 1 and a.size == d else ""
+        raise DataError(f"{source} has shape {a.shape}; this model takes {want}{hint}")
+    if len(a) == 0:
+        raise DataError(f"{source} has no rows")
+    return np.array(a.reshape(len(a), d), dtype=np.float32)  # a copy: never the caller's memory
+
+
+def _data(
+    run_dir: str | Path,
+    x: ArrayInput | None,
+    data: str | None,
+    split: str | None,
+    data_dir: str | Path | None,
+    binarize: str | None,
+) -> tuple[VAE, np.ndarray, dict]:
+    """The run's model, model-space rows (``x``, or a split of a dataset) and config."""
+    if x is None:
+        model, rows, _, cfg = _run_data(Path(run_dir), data, split or "test", data_dir, binarize)
+        return model, rows, cfg
+    if data is not None or data_dir is not None or split is not None:
+        raise ConfigError("give the data as x (an array) or as data/split/data_dir, not both")
+    cfg = runs.read_config(run_dir)
+    model = load(run_dir)
+    rows = _rows(x, model.config)
+    stats = cfg["data"].get("standardize")
+    if stats:  # the run's z-scores, from its training set (as a split of its data gets them)
+        mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+        rows = ((rows.astype(np.float64) - mean) / std).astype(np.float32)
+    mode = binarize or cfg["train"].get("binarize", "grey")
+    return model, _checked_rows(rows, model, cfg, mode, "x"), cfg
+
+
+def _numpy(x: torch.Tensor, cfg: dict | None = None) -> np.ndarray:
+    """A CPU NumPy copy of model-space x, in data units when ``cfg`` standardised the run."""
+    return (_unstandardize(x, cfg) if cfg else x).detach().cpu().numpy()
 
 
 def sample(
-    run_dir: str | Path, n: int = 100, out: str | Path = "samples.png", seed: int = 0
-) -> Path:
-    """Decoder means for n draws from the prior: a PNG grid, or (n, D) .npy / .csv rows."""
+    run_dir: str | Path, n: int = 100, *, seed: int = 0, out: str | Path | None = None
+) -> np.ndarray:
+    """Decoder means E[x|z] for n draws z ~ p(z): (n, D) in data units; ``seed`` fixes the draws.
+
+    With ``out`` they are also written: a PNG grid, or .npy / .csv rows (the array returned).
+    """
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
     model = load(run_dir)
-    x = model.sample(n, torch.Generator().manual_seed(seed))
-    ncol = int(math.ceil(math.sqrt(n)))
     cfg = runs.read_config(run_dir)
-    shape = model.config.image_shape
-    return _write_image_or_array(Path(out), x, shape, ncol, f"{n} samples", cfg)
+    x = model.sample(n, torch.Generator().manual_seed(seed))
+    if out is not None:
+        ncol = int(math.ceil(math.sqrt(n)))
+        shape = model.config.image_shape
+        _write_image_or_array(Path(out), x, shape, ncol, f"{n} samples", cfg)
+    return _numpy(x, cfg)
 
 
 def manifold(
     run_dir: str | Path,
     grid: int = 20,
-    out: str | Path = "manifold.png",
     *,
+    out: str | Path | None = None,
     model: VAE | None = None,
-) -> Path:
-    """Figure 4: decoder means over a grid of the 2-D latent space (unit square via Phi^-1)."""
+) -> Manifold:
+    """Figure 4: decoder means over a ``grid`` x ``grid`` grid of the 2-D latent space.
+
+    The grid is the unit square's cell centers through Phi^-1 (as
+    :func:`aevb.figures.manifold_latents`), or through the prior's inverse CDF for other priors.
+    ``model`` is the run's model where it is loaded already. With ``out`` the grid is also
+    written: a PNG, or .npy / .csv rows (the ``decoded`` array).
+    """
     model = model or load(run_dir)
     if model.config.latent_dim != 2:
         raise ConfigError(
@@ -55,83 +198,97 @@ def manifold(
                 f"manifold needs the prior's inverse CDF; the {model.config.prior!r} prior has "
                 "none in closed form"
             ) from None
-    z = z.to(model.device)
     with torch.no_grad():
-        x = model.decode_mean(z)
-    return _write_image_or_array(Path(out), x, model.config.image_shape, grid, "learned manifold")
+        x = model.decode_mean(z.to(model.device))
+    cfg = runs.read_config(run_dir)
+    if out is not None:
+        shape = model.config.image_shape
+        _write_image_or_array(Path(out), x, shape, grid, "learned manifold", cfg)
+    return Manifold(_numpy(x, cfg), z.cpu().numpy())
 
 
 def reconstruct(
     run_dir: str | Path,
-    out: str | Path = "reconstructions.png",
     *,
-    n: int = 50,
+    x: ArrayInput | None = None,
+    n: int | None = None,
     data: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     data_dir: str | Path | None = None,
-) -> Path:
-    """Data beside its reconstruction (decoder mean at the posterior mean), as a PNG grid."""
-    model, x, _, cfg = _run_data(Path(run_dir), data, split, data_dir, "grey")
-    xt = torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32))
-    pairs = torch.stack([xt, model.reconstruct(xt)], 1).reshape(-1, xt.shape[1])
-    return _write_image_or_array(
-        Path(out), pairs, model.config.image_shape, 10, "data | reconstruction", cfg
-    )
+    out: str | Path | None = None,
+) -> Reconstruction:
+    """Datapoints and their reconstructions: the decoder mean at the posterior's center.
+
+    The datapoints are the first ``n`` rows of ``x`` (default: all), or of a split of the data
+    (``split`` default "test", ``n`` default 50). With ``out`` they are also written: a PNG of
+    data | reconstruction pairs, or .npy / .csv rows alternating datapoint and reconstruction.
+    """
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    model, rows, cfg = _data(run_dir, x, data, split, data_dir, "grey")
+    xt = torch.from_numpy(np.ascontiguousarray(rows[: n or (len(rows) if x is not None else 50)]))
+    rec = model.reconstruct(xt)
+    if out is not None:
+        pairs = torch.stack([xt, rec], 1).reshape(-1, xt.shape[1])
+        shape = model.config.image_shape
+        _write_image_or_array(Path(out), pairs, shape, 10, "data | reconstruction", cfg)
+    return Reconstruction(_numpy(xt, cfg), _numpy(rec, cfg))
 
 
 def encode(
     run_dir: str | Path,
-    out: str | Path,
     *,
+    x: ArrayInput | None = None,
     data: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     data_dir: str | Path | None = None,
     binarize: str | None = None,
-) -> Path:
-    """Posterior means and log-variances: .npz (arrays mu, logvar) or .npy ([mu, logvar]).
+    out: str | Path | None = None,
+) -> Encoding:
+    """The approximate posterior q(z|x) of every row of ``x`` or of a split (default "test").
 
-    Other posterior families write their raw parameters under their names (e.g. loc, log_scale).
+    ``binarize`` overrides the run's binarization of the data. With ``out`` the parameters are
+    also written: an .npz of the named arrays (mu, logvar; other families their own names) or an
+    .npy of their columns side by side ([mu, logvar]).
     """
-    model, x, _, _ = _run_data(Path(run_dir), data, split, data_dir, binarize)
-    with torch.no_grad():
-        params = model.encode(x)
-    names = getattr(model.encoder.family, "param_names", ()) or ("mu", "logvar")
-    out = Path(out)
-    buf = io.BytesIO()
-    if out.suffix.lower() == ".npz":
-        arrays: dict[str, Any] = {n: p.numpy() for n, p in zip(names, params, strict=True)}
-        np.savez(buf, **arrays)
-    elif out.suffix.lower() == ".npy":
-        np.save(buf, torch.cat(params, 1).numpy())
-    else:
+    suffix = Path(out).suffix.lower() if out is not None else None
+    if suffix not in (None, ".npy", ".npz"):
         raise ConfigError(f"--out {out}: use a .npy or .npz file name")
-    runs.atomic_write_bytes(out, buf.getvalue())
-    return out
+    model, rows, _ = _data(run_dir, x, data, split, data_dir, binarize)
+    with torch.no_grad():
+        params = model.encode(rows)
+        center = model.encoder.family.from_params(*params).center()
+    names = getattr(model.encoder.family, "param_names", ()) or ("mu", "logvar")
+    arrays: dict[str, Any] = {k: _numpy(p) for k, p in zip(names, params, strict=True)}
+    if out is not None:
+        buf = io.BytesIO()
+        if suffix == ".npz":
+            np.savez(buf, **arrays)
+        else:
+            np.save(buf, np.concatenate(list(arrays.values()), 1))
+        runs.atomic_write_bytes(Path(out), buf.getvalue())
+    return Encoding(arrays, _numpy(center))
 
 
 def decode(
-    run_dir: str | Path, latents: str | Path | npt.ArrayLike, out: str | Path | None = None
+    run_dir: str | Path,
+    latents: str | Path | Encoding | npt.ArrayLike,
+    *,
+    out: str | Path | None = None,
 ) -> np.ndarray:
-    """Decoder means E[x|z] for latent points, in data units (--standardize undone).
+    """Decoder means E[x|z] for latent points: (N, D) in data units (--standardize undone).
 
-    ``latents`` is an (N, J) array, or the path of an .npy/.npz written by :func:`encode` (its
-    posterior means are decoded). With ``out`` (.npy, .csv or .png) the result is also written.
+    ``latents`` is an (N, J) array, an :class:`Encoding` (its centers are decoded), or the path
+    of an .npy/.npz written by :func:`encode` (its posterior means are decoded). With ``out``
+    (.npy, .csv or .png) the result is also written.
     """
     model = load(run_dir)
     cfg = runs.read_config(run_dir)
     j = model.config.latent_dim
-    if isinstance(latents, str | Path):
-        path = Path(latents)
-        if not path.exists():
-            raise DataError(f"{path}: no such file; write latents with 'aevb encode'")
-        if path.is_dir() or path.suffix.lower() not in (".npy", ".npz"):
-            raise DataError(f"{path}: latents must be an .npy or .npz file ('aevb encode')")
-        from ..data.arrays import _load_file  # headers checked before anything is allocated
-
-        arrays = _load_file(path)
-        if not arrays:
-            raise DataError(f"{path}: holds no arrays")
-        latents = next(iter(arrays.values()))  # encode's .npz: mu (then logvar)
+    if isinstance(latents, Encoding):
+        latents = latents.center
+    elif isinstance(latents, str | Path):
+        latents = _latents_file(Path(latents))
     z = np.asarray(latents, dtype=np.float32)
     if z.ndim != 2 or z.shape[1] not in (j, 2 * j):
         raise DataError(f"latents of shape {z.shape}: expected (N, {j}) or encode's (N, {2 * j})")
@@ -140,7 +297,21 @@ def decode(
     if out is not None:
         ncol = int(math.ceil(math.sqrt(len(x))))
         _write_image_or_array(Path(out), x, model.config.image_shape, ncol, "decoded", cfg)
-    return _unstandardize(x, cfg).numpy()
+    return _numpy(x, cfg)
+
+
+def _latents_file(path: Path) -> np.ndarray:
+    """The first array of an .npy/.npz of latents: encode's mu (then logvar)."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; write latents with 'aevb encode'")
+    if path.is_dir() or path.suffix.lower() not in (".npy", ".npz"):
+        raise DataError(f"{path}: latents must be an .npy or .npz file ('aevb encode')")
+    from ..data.arrays import _load_file  # headers checked before anything is allocated
+
+    arrays = _load_file(path)
+    if not arrays:
+        raise DataError(f"{path}: holds no arrays")
+    return next(iter(arrays.values()))
 
 
 def _slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -157,43 +328,46 @@ def _slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def interpolate(
     run_dir: str | Path,
-    out: str | Path = "interpolation.png",
     *,
+    x: ArrayInput | None = None,
     pairs: int = 4,
     steps: int = 10,
     data: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     data_dir: str | Path | None = None,
     method: str = "both",
     seed: int = 0,
-) -> Path:
-    """Decoded latent paths between the posterior means of ``pairs`` random pairs of points.
+    out: str | Path | None = None,
+) -> Interpolation:
+    """Decoded latent paths between the posterior centers of ``pairs`` random pairs of points.
 
-    ``method`` is "linear", "spherical" (Gaussian prior only: the great circle, where prior mass
-    concentrates) or "both" (spherical only where the prior is Gaussian). Each path has ``steps``
-    points from one mean to the other, endpoints included. ``out`` is a PNG (one row per pair and
-    method, the two data points at its ends), an .npy of the decoded paths (pairs, methods, steps,
-    D), or an .npz with ``x`` (that array), ``z`` (the latent paths), ``index`` (the points' rows in
-    the split) and ``methods``.
+    The points are rows of ``x`` or of a split (default "test"), drawn by ``seed``. ``method`` is
+    "linear", "spherical" (Gaussian prior only: the great circle, where prior mass concentrates)
+    or "both" (spherical only where the prior is Gaussian). Each path has ``steps`` points from
+    one center to the other, endpoints included. With ``out`` the paths are also written: a PNG
+    (one row per pair and method, the two data points at its ends), an .npy of ``decoded``, or an
+    .npz with ``x`` (``decoded``), ``z`` (``latents``), ``index`` and ``methods``.
     """
     if pairs < 1 or steps < 2:
         raise ConfigError(f"--pairs must be >= 1 and --steps >= 2, got {pairs} and {steps}")
     if method not in ("linear", "spherical", "both"):
         raise ConfigError(f"unknown --method {method!r}; choose linear, spherical or both")
-    model, x, _, cfg = _run_data(Path(run_dir), data, split, data_dir, "grey")
+    model, rows, cfg = _data(run_dir, x, data, split, data_dir, "grey")
     methods = _path_methods(model, method)
-    if 2 * pairs > len(x):
-        raise ConfigError(f"--pairs {pairs} needs {2 * pairs} points; {split} has {len(x)}")
-    index = np.random.default_rng(seed).choice(len(x), size=2 * pairs, replace=False)
-    xs = torch.from_numpy(np.ascontiguousarray(x[index], dtype=np.float32))
+    if 2 * pairs > len(rows):
+        where = "x" if x is not None else (split or "test")
+        raise ConfigError(f"--pairs {pairs} needs {2 * pairs} points; {where} has {len(rows)}")
+    index = np.random.default_rng(seed).choice(len(rows), size=2 * pairs, replace=False)
+    xs = torch.from_numpy(np.ascontiguousarray(rows[index], dtype=np.float32))
     with torch.no_grad():
         centers = model.encoder.posterior(xs).center()
     z = _latent_paths(centers, pairs, methods, steps)
     with torch.no_grad():
         dec = model.decode_mean(z.reshape(-1, z.shape[-1])).reshape(pairs, len(methods), steps, -1)
-    out = Path(out)
-    _write_paths(out, model, cfg, xs, z, dec, index, methods)
-    return out
+    result = Interpolation(_numpy(dec, cfg), z.numpy(), index, tuple(methods))
+    if out is not None:
+        _write_paths(Path(out), model, xs, dec, result)
+    return result
 
 
 def _path_methods(model: VAE, method: str) -> list[str]:
@@ -227,25 +401,23 @@ def _latent_paths(
 
 
 def _write_paths(
-    out: Path,
-    model: VAE,
-    cfg: dict,
-    xs: torch.Tensor,
-    z: torch.Tensor,
-    dec: torch.Tensor,
-    index: np.ndarray,
-    methods: list[str],
+    out: Path, model: VAE, xs: torch.Tensor, dec: torch.Tensor, result: Interpolation
 ) -> None:
     """Write interpolate's result: a PNG of the paths between their data points, .npy or .npz."""
-    pairs, steps = dec.shape[0], dec.shape[2]
+    pairs, methods, steps = dec.shape[0], result.methods, dec.shape[2]
     suffix = out.suffix.lower()
     if suffix in (".npy", ".npz"):
-        arr = _unstandardize(dec, cfg).numpy()
         buf = io.BytesIO()
         if suffix == ".npy":
-            np.save(buf, arr)
+            np.save(buf, result.decoded)
         else:
-            np.savez(buf, x=arr, z=z.numpy(), index=index, methods=np.array(methods))
+            np.savez(
+                buf,
+                x=result.decoded,
+                z=result.latents,
+                index=result.index,
+                methods=np.array(methods),
+            )
         runs.atomic_write_bytes(out, buf.getvalue())
     elif suffix == ".png":
         rows = []

@@ -14,10 +14,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed, figures, runs
+from .. import distributed, figures, mlflow_tracking, runs
 from .._version import __version__
 from ..algorithms import ALGORITHMS
-from ..data import Dataset, check_support, load_dataset
+from ..data import Dataset, MappedRows, check_support, first_rows, load_dataset
+from ..data.memory import (
+    IN_MEMORY,
+    InMemoryData,
+    check_same_data,
+    dataset_from_memory,
+    fingerprint,
+    is_in_memory,
+)
 from ..errors import ConfigError, DataError, NumericalError, RunError
 from ..model import VAE, ModelConfig, default_estimator
 from ..options import declared
@@ -30,12 +38,14 @@ from .tools import manifold
 if TYPE_CHECKING:
     from ..callbacks import Callback
 
-#: (train, test, valid) data tensors of a run; test and valid may be absent.
-_Tensors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+#: A split as the Trainer reads it: a tensor on the device, or rows mapped from disk.
+Rows = torch.Tensor | MappedRows
+#: (train, test, valid) data of a run; test and valid may be absent.
+_Tensors = tuple[Rows, Rows | None, Rows | None]
 
 
 def _build_model(
-    mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, train_x: torch.Tensor | None = None
+    mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, train_x: Rows | None = None
 ) -> VAE:
     torch.manual_seed(tcfg.seed)  # PyTorch's own init, used with --init torch
     model = VAE(mcfg)
@@ -43,8 +53,9 @@ def _build_model(
         model.init_parameters(
             tcfg.init_std, torch.Generator().manual_seed(split_seed(tcfg.seed, 0))
         )
-    if tcfg.decoder_bias_init and train_x is not None:
-        model.init_decoder_bias(train_x.double().mean(0).cpu())  # Burda et al.'s trick
+    if tcfg.decoder_bias_init and train_x is not None:  # Burda et al.'s trick
+        mean = train_x.mean() if isinstance(train_x, MappedRows) else train_x.double().mean(0)
+        model.init_decoder_bias(torch.as_tensor(mean, dtype=torch.float64).cpu())
     return model.to(device)
 
 
@@ -59,25 +70,29 @@ def _check_precision(tcfg: TrainConfig, dev: torch.device) -> None:
 
 def _valid_tensor(
     ds: Dataset, validation: bool, likelihood: str, binarize: str, dev: torch.device
-) -> torch.Tensor | None:
+) -> Rows | None:
     """The validation split as a tensor when asked for (model selection and its curves)."""
     if not validation:
         return None
     v = ds.split("valid")
     check_support(v, likelihood, binarize, f"{ds.name} (valid)")
-    return torch.from_numpy(v).to(dev)
+    return _on_device(v, dev)
+
+
+def _on_device(x: np.ndarray | MappedRows, dev: torch.device) -> Rows:
+    """A split as a tensor on the device, or left on disk when it is memory-mapped."""
+    return x if isinstance(x, MappedRows) else torch.from_numpy(x).to(dev)
 
 
 def _data_tensors(
     ds: Dataset, likelihood: str, binarize: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[Rows, Rows | None]:
     ds.split("train")  # a dataset without its training files says which file to get
     check_support(ds.train, likelihood, binarize, f"{ds.name} (train)")
     if ds.test is not None:
         check_support(ds.test, likelihood, binarize, f"{ds.name} (test)")
-    tr = torch.from_numpy(ds.train).to(device)
-    te = torch.from_numpy(ds.test).to(device) if ds.test is not None else None
-    return tr, te
+    te = _on_device(ds.test, device) if ds.test is not None else None
+    return _on_device(ds.train, device), te
 
 
 def _prepare_out(out: str | Path) -> Path:
@@ -122,7 +137,7 @@ def _check_space(out_dir: Path, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
 def choose_lr(
     mcfg: ModelConfig,
     tcfg: TrainConfig,
-    train_x: torch.Tensor,
+    train_x: Rows,
     device: torch.device,
     progress: bool = True,
 ) -> tuple[float, dict]:
@@ -152,7 +167,7 @@ def choose_lr(
 
 
 def train(
-    data: str | DataOptions | None = None,
+    data: str | DataOptions | InMemoryData | None = None,
     out: str | Path | None = None,
     *,
     resume: str | Path | None = None,
@@ -167,33 +182,43 @@ def train(
     ``options`` are the settings of ``aevb train`` by name (``latent_dim=2``, ``budget=10**5``,
     ``seed=...``: each is declared, with its help, on a group of :mod:`aevb.settings`), or
     whole groups (``model=ModelOptions(...)``, ``optim=OptimOptions(...)``); ``settings`` is a
-    :class:`~aevb.settings.TrainSettings` to start from, and ``data`` a dataset name, a file or
-    a :class:`~aevb.settings.DataOptions`. Every option is checked before anything is created.
+    :class:`~aevb.settings.TrainSettings` to start from, and ``data`` a dataset name, a file, a
+    folder of images, a :class:`~aevb.settings.DataOptions`, or data held in Python: a NumPy
+    array or torch tensor of datapoints, a pair ``(train, test)`` of them, or a map-style
+    ``torch.utils.data.Dataset`` (docs/DATA.md). Every option is checked before anything is
+    created.
     With ``out`` the run is written to that directory (config.json, model.safetensors,
     training_state.safetensors, metrics.jsonl, figures/); ``resume`` continues such a run where
-    it stopped (``budget`` or ``epochs`` may extend it). ``callbacks`` are
+    it stopped (``budget`` or ``epochs`` may extend it; a run trained on data held in Python is
+    given the same data again, and refuses other data). ``callbacks`` are
     :class:`aevb.callbacks.Callback` s called at the Trainer's events (docs/GUIDE.md).
     Started by torchrun as several processes (docs/DISTRIBUTED.md), each trains on its part of
     every minibatch: ``batch_size`` is per process, and rank 0 alone writes the run.
     """
+    given = data if is_in_memory(data) else None  # data held in Python, not a spec
     if isinstance(data, DataOptions):
         options["data"] = data  # the group, by its name in TrainSettings
-    elif data is not None:
+    elif data is not None and given is None:
         options["data"] = data
     if resume is not None:
         if settings is not None:
             options["settings"] = settings  # refused: a resumed run keeps its own settings
-        return _resume(Path(resume), options, callbacks, progress, draw_figures)
+        return _resume(Path(resume), options, callbacks, progress, draw_figures, given)
+    if given is not None:
+        options["data"] = IN_MEMORY
     s = settings_from(options, settings)
     dev = distributed.setup_from_env(resolve_device(s.run.device))  # under torchrun: join
     progress = progress and distributed.is_main()  # rank 0 alone prints and writes
     tcfg = _train_config(s, progress)
     _check_precision(tcfg, dev)
+    distributed.on_main(lambda: mlflow_tracking.check(tcfg.mlflow, out))  # MLflow is there
     out_dir = None
     if out is not None:  # made by rank 0; its error, if any, is raised on every rank
         out_dir = distributed.on_main(lambda: _prepare_out(out)) or Path(out)
     d = s.data
-    ds, stats = _dataset(d, d.image_shape, progress, _standard_stats if d.standardize else None)
+    ds, stats = _dataset(
+        d, d.image_shape, progress, _standard_stats if d.standardize else None, given
+    )
     mcfg = _model_config(s, tcfg, ds)
     tensors = _tensors(ds, mcfg, tcfg, d.validation, dev)
     if out_dir is not None:  # before the step-size trial and training; rank 0's error on all
@@ -258,24 +283,41 @@ def _model_config(s: TrainSettings, tcfg: TrainConfig, ds: Dataset) -> ModelConf
 
 def _dataset(
     d: DataOptions,
-    image_shape: tuple[int, int] | None,
+    image_shape: tuple[int, ...] | None,
     progress: bool,
     stats: dict | Callable[[Dataset], dict] | None,
+    given: InMemoryData | None = None,
 ) -> tuple[Dataset, dict | None]:
-    """The run's data, loaded (rank 0 first: it alone downloads), cut and standardised, and the
-    standardisation: ``stats`` is the run's (a dict), a function of the data set computing it
-    from the training set (a new run), or None.
+    """The run's data, loaded (rank 0 first: it alone downloads) or ``given`` from Python,
+    fingerprinted, cut and standardised, and the standardisation: ``stats`` is the run's (a
+    dict), a function of the data set computing it from the training set (a new run), or None.
     """
-    ds = distributed.main_first(
-        lambda: load_dataset(
-            d.data,
-            data_dir=d.data_dir,
-            image_shape=image_shape,
-            validation=d.validation,
-            progress=progress,
-            columns=d.columns,
+    if d.memory_map and (d.standardize or given is not None):
+        what = "--standardize" if d.standardize else "data given from Python"
+        raise ConfigError(f"--memory-map reads an .npy file as it is; it does not take {what}")
+    if given is not None:
+        if d.columns:
+            raise ConfigError("--columns selects columns of a file; select them in the array")
+        ds = dataset_from_memory(given, image_shape=image_shape, validation=d.validation)
+    elif d.data == IN_MEMORY:
+        raise DataError(
+            "this run was trained on data given from Python; give the same data again: "
+            "aevb.train(data, resume=RUN_DIR)"
         )
-    )
+    else:
+        ds = distributed.main_first(
+            lambda: load_dataset(
+                d.data,
+                data_dir=d.data_dir,
+                image_shape=image_shape,
+                validation=d.validation,
+                progress=progress,
+                columns=d.columns,
+                image_size=d.image_size,
+                memory_map=d.memory_map,
+            )
+        )
+    ds.fingerprint = fingerprint(ds)
     _limit_train(ds, d.train_size)
     return ds, _standardize(ds, stats(ds) if callable(stats) else stats)
 
@@ -287,6 +329,11 @@ def _tensors(
     if ds.x_dim != mcfg.x_dim:
         raise DataError(
             f"{ds.name} has {ds.x_dim} columns but the run's model expects {mcfg.x_dim}"
+        )
+    if isinstance(ds.train, MappedRows) and tcfg.binarize == "static":
+        raise ConfigError(
+            "--binarize static draws the whole data set once, which --memory-map does not hold; "
+            "use --binarize dynamic (a draw per minibatch), or binarize the file"
         )
     train_x, test_x = _data_tensors(ds, mcfg.likelihood, tcfg.binarize, dev)
     return train_x, test_x, _valid_tensor(ds, validation, mcfg.likelihood, tcfg.binarize, dev)
@@ -332,6 +379,7 @@ def _run_record(
         columns=list(d.columns) if d.columns else None,
         column_names=ds.column_names,
         standardize=stats,
+        fingerprint=ds.fingerprint,
     )
     return {
         "format_version": runs.FORMAT_VERSION,
@@ -368,7 +416,12 @@ RESUME_OPTIONS = ("budget", "epochs", "device", "data_dir")
 
 
 def _resume(
-    run_dir: Path, options: dict, callbacks: Sequence[Callback], progress: bool, draw: bool
+    run_dir: Path,
+    options: dict,
+    callbacks: Sequence[Callback],
+    progress: bool,
+    draw: bool,
+    given: InMemoryData | None = None,
 ) -> Run:
     """Continue a run where its last checkpoint left it, with the settings it recorded."""
     extra = sorted(set(options) - set(RESUME_OPTIONS))
@@ -384,8 +437,19 @@ def _resume(
     distributed.on_main(lambda: _prepare_resume(run_dir))  # its error, if any, on every rank
     mcfg, tcfg = _recorded_configs(run_dir, cfg, options)
     _check_precision(tcfg, dev)
+    distributed.on_main(lambda: mlflow_tracking.check(tcfg.mlflow, run_dir))
     d = _recorded_data(cfg, options)
-    ds, _ = _dataset(d, mcfg.image_shape, progress, cfg["data"].get("standardize"))
+    if given is not None and d.data != IN_MEMORY:
+        raise ConfigError(
+            f"{run_dir} was trained on {d.data!r}, which it reloads; resume it without data"
+        )
+    ds, _ = _dataset(d, mcfg.image_shape, progress, cfg["data"].get("standardize"), given)
+    check_same_data(
+        cfg["data"].get("fingerprint"),
+        ds,
+        f"--resume {run_dir}",
+        "give the data the run was trained on, or start a new run",
+    )
     tensors = _tensors(ds, mcfg, tcfg, d.validation, dev)
     changed = "budget" in options or "epochs" in options or tcfg.lr == "auto"
     if tcfg.lr == "auto":  # killed during the step-size trial: run it, then the run
@@ -433,6 +497,8 @@ def _recorded_data(cfg: dict, options: dict) -> DataOptions:
         validation=bool(data.get("validation", False)),
         train_size=data.get("train_size"),
         columns=data.get("columns"),
+        image_size=data.get("image_size"),
+        memory_map=bool(data.get("memory_map", False)),
     )
 
 
@@ -461,6 +527,7 @@ def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw
     run = Run(out_dir, trainer.model, cfg, metrics)
     if out_dir is not None and draw and main:
         draw_run_figures(run, ds)
+    trainer._notify("on_run_end")  # the run's files are final (aevb.callbacks)
     return run
 
 
@@ -502,7 +569,8 @@ def _draw_figures(run: Run, ds: Dataset | None, fig_dir: Path) -> list[Path]:
     )
     written.append(fig_dir / "samples.png")
     if ds is not None and run.config["train"]["algorithm"] != "mcem":  # MCEM trains no encoder
-        x = torch.from_numpy((ds.test if ds.test is not None else ds.train)[:50]).to(model.device)
+        x = torch.from_numpy(first_rows(ds.test if ds.test is not None else ds.train, 50))
+        x = x.to(model.device)
         rec = model.reconstruct(x)
         pairs = torch.stack([x, rec], 1).reshape(-1, x.shape[1])
         figures.save_grid(
@@ -516,6 +584,6 @@ def _draw_figures(run: Run, ds: Dataset | None, fig_dir: Path) -> list[Path]:
     if model.config.latent_dim == 2:
         assert run.path is not None  # the caller checked
         with contextlib.suppress(ConfigError):  # a prior without an inverse CDF has no grid
-            manifold(run.path, 20, fig_dir / "manifold.png", model=model)
+            manifold(run.path, 20, out=fig_dir / "manifold.png", model=model)
             written.append(fig_dir / "manifold.png")
     return written

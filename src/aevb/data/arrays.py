@@ -19,29 +19,62 @@ HELD_OUT_FRACTION = 0.1
 """A file with one array is split by a fixed permutation (seed 0): the last 10 % is test."""
 
 
-def _as_rows(a: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Flatten (N, D) or (N, H, W) data to float32 rows; return the implied image shape."""
+IMAGE_CHANNELS = (1, 3)
+"""Channels an image array may have: 1 (grey, stored as (H, W)) or 3 (RGB, channel-last)."""
+
+
+def _channels_ok(shape: tuple[int, ...], source: str) -> tuple[int, ...]:
+    """(N, H, W, C) images: C must be 1 (grey; the shape becomes (H, W)) or 3 (RGB)."""
+    c = shape[-1]
+    if c == 4:
+        raise DataError(
+            f"{source}: images of shape {shape} have 4 channels (RGBA?); aevb models 1 (grey) or "
+            "3 (RGB): drop the alpha channel first, x[..., :3]"
+        )
+    if c not in IMAGE_CHANNELS:
+        hint = "; channels first? use np.moveaxis(x, 1, -1)" if shape[1] in (1, 3) else ""
+        raise DataError(
+            f"{source}: images (N, H, W, C) need C = 1 (grey) or 3 (RGB), got shape {shape}{hint}"
+        )
+    return (int(shape[1]), int(shape[2])) if c == 1 else (int(shape[1]), int(shape[2]), 3)
+
+
+def _as_rows(a: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """Flatten (N, D), (N, H, W) or (N, H, W, C) data to float32 rows (channel-last: a row is
+    the H*W*C values in the array's own order); return the implied image shape."""
     if (
         a.dtype == object
         or np.issubdtype(a.dtype, np.complexfloating)
         or not (np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_))
     ):
         raise DataError(f"{source}: expected a numeric array, got dtype {a.dtype}")
+    shape: tuple[int, ...] | None
     if a.ndim == 2:
         shape = None
     elif a.ndim == 3:
         shape = (int(a.shape[1]), int(a.shape[2]))
         a = a.reshape(a.shape[0], -1)
+    elif a.ndim == 4:
+        shape = _channels_ok(tuple(a.shape), source)
+        a = a.reshape(a.shape[0], -1)
     else:
         raise DataError(
-            f"{source}: expected a 2-D array (rows are datapoints) or 3-D images (N, H, W), "
-            f"got shape {a.shape}"
+            f"{source}: expected a 2-D array (rows are datapoints), 3-D grey images (N, H, W) "
+            f"or 4-D images (N, H, W, C), got shape {a.shape}"
         )
     if a.shape[0] < 2 or a.shape[1] < 1:
         raise DataError(f"{source}: needs at least 2 rows and 1 column, got shape {a.shape}")
     x = np.ascontiguousarray(a, dtype=np.float32)
     check_finite(x, source)
     return x, shape
+
+
+def held_out(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed split of n rows: a permutation from ``seed``, its last 10 % (at least one row)
+    held out. Returns (kept, held-out) indices, both in the permutation's order."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_out = max(1, int(round(HELD_OUT_FRACTION * n)))
+    return perm[:-n_out], perm[-n_out:]
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
@@ -188,22 +221,58 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
     return {"data": data}, names
 
 
+def held_out_valid(n: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``--validation``'s split of n training rows: (kept rows in order, valid rows), seed 1."""
+    kept, out = held_out(n, 1)
+    if len(kept) < 1:
+        raise DataError(f"{source}: too few training rows ({n}) to hold out valid")
+    return np.sort(kept), out
+
+
 def load_array_file(
     path: str | Path,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     *,
     columns: list[str | int] | None = None,
     validation: bool = False,
 ) -> Dataset:
     """Load a user file: an .npz may hold ``train``, ``test`` (and ``valid``); one array is split.
 
-    Rows are datapoints. Values are checked for finiteness here and against the likelihood later.
+    Rows are datapoints; (N, H, W) and (N, H, W, C) images are flattened channel-last (see
+    :func:`_as_rows`). Values are checked for finiteness here and against the likelihood later.
     ``columns`` keeps those columns (CSV header names or 0-based indices), in that order.
     ``validation`` holds out 10 % of the training rows (a fixed permutation, seed 1) as the split
     "valid", unless an .npz brings its own ``valid`` array.
     """
     path = Path(path)
     arrays, names = _read_arrays(path)
+    return dataset_from_arrays(
+        arrays,
+        str(path),
+        name=path.name,
+        description=f"user data from {path}",
+        image_shape=image_shape,
+        names=names,
+        columns=columns,
+        validation=validation,
+    )
+
+
+def dataset_from_arrays(
+    arrays: dict[str, np.ndarray],
+    source: str,
+    *,
+    name: str,
+    description: str,
+    image_shape: tuple[int, ...] | None = None,
+    names: list[str] | None = None,
+    columns: list[str | int] | None = None,
+    validation: bool = False,
+) -> Dataset:
+    """A Dataset from named arrays (``train``/``test``/``valid``, or one array that is split),
+    checked as a user file is: numeric, finite, rows of the same width. ``source`` names them in
+    errors."""
+    path = source
     picked = None
     if columns:
         for k, a in arrays.items():
@@ -226,33 +295,30 @@ def load_array_file(
                 )
     elif len(arrays) == 1:
         x, shape = _as_rows(next(iter(arrays.values())), str(path))
-        perm = np.random.default_rng(0).permutation(len(x))
-        n_test = max(1, int(round(HELD_OUT_FRACTION * len(x))))
-        train, test = x[perm[:-n_test]], x[perm[-n_test:]]
+        kept, out = held_out(len(x), 0)
+        train, test = x[kept], x[out]
     else:
         raise DataError(
             f"{path}: holds arrays {sorted(arrays)}; name them 'train' (and optionally 'test')"
         )
     if validation and valid is None:
-        idx = np.random.default_rng(1).permutation(len(train))
-        n_valid = max(1, int(round(HELD_OUT_FRACTION * len(train))))
-        if len(train) - n_valid < 1:
-            raise DataError(f"{path}: too few training rows ({len(train)}) to hold out valid")
-        valid, train = train[idx[-n_valid:]], train[np.sort(idx[:-n_valid])]
+        kept, out = held_out_valid(len(train), str(path))
+        valid, train = train[out], train[kept]
     if valid is not None and valid.shape[1] != train.shape[1]:
         raise DataError(f"{path}: valid has {valid.shape[1]} columns, train {train.shape[1]}")
-    shape = image_shape or shape
-    if shape is not None and shape[0] * shape[1] != train.shape[1]:
+    shape = tuple(image_shape) if image_shape else shape
+    if shape is not None and math.prod(shape) != train.shape[1]:
         raise DataError(
-            f"{path}: image shape {shape[0]}x{shape[1]} does not match {train.shape[1]} columns"
+            f"{path}: image shape {'x'.join(map(str, shape))} does not match "
+            f"{train.shape[1]} columns"
         )
     return Dataset(
-        name=path.name,
+        name=name,
         train=train,
         test=test,
         image_shape=shape,
         default_likelihood="bernoulli",
-        description=f"user data from {path}",
+        description=description,
         extra_splits={"valid": valid} if valid is not None else {},
         column_names=picked,
     )

@@ -28,7 +28,8 @@ class Dataset:
     name: str
     train: np.ndarray
     test: np.ndarray | None = None
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
+    """(H, W) of grey images, (H, W, 3) of colour ones (rows are flattened channel-last)."""
     default_likelihood: str = "bernoulli"
     default_hidden: int = 500
     description: str = ""
@@ -37,8 +38,13 @@ class Dataset:
     """Splits whose files are absent, each with the one-line message saying how to get them."""
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     """Class labels per split where the dataset has them (not used for training)."""
+    label_names: list[str] | None = None
+    """The class of each label code, where codes stand for names (an image folder's subfolders)."""
     column_names: list[str] | None = None
     """Names of the columns (a CSV header, or the 0-based indices selected) of tabular data."""
+    fingerprint: dict = field(default_factory=dict)
+    """Shape, dtype and SHA-256 of each split as loaded (:func:`aevb.data.memory.fingerprint`),
+    recorded by a run so that --resume and evaluate can tell whether they got the same data."""
 
     @property
     def x_dim(self) -> int:
@@ -71,7 +77,14 @@ def check_finite(x: np.ndarray, source: str) -> None:
 
 
 def check_support(x: np.ndarray, likelihood: str, binarize: str, source: str) -> None:
-    """Check that data lies in the likelihood's support (after the chosen binarization)."""
+    """Check that data lies in the likelihood's support (after the chosen binarization).
+
+    Memory-mapped rows (:class:`~aevb.data.mapped.MappedRows`) are checked a chunk at a time.
+    """
+    if hasattr(x, "chunks"):
+        for c in x.chunks():
+            check_support(c, likelihood, binarize, source)
+        return
     check_finite(x, source)
     lo, hi = float(x.min()), float(x.max())
     if likelihood == "bernoulli":
