@@ -102,7 +102,7 @@ def test_bad_data_exits_2_with_one_line(tmp_path, capsys, case, expect):
     if case == "missing":
         data = str(tmp_path / "nope.npy")
     elif case == "shape":
-        data = _write(tmp_path / "x.npy", rng.random((4, 3, 2, 2)))
+        data = _write(tmp_path / "x.npy", rng.random((4, 3, 2, 2, 2)))
     elif case == "nan":
         a = rng.random((50, 6))
         a[7, 3] = np.nan

@@ -16,10 +16,13 @@ from ..conv import CHANNELS, DeconvHeads
 from ..errors import RunError
 from ..exportable import LIKELIHOOD_OUTPUTS, posterior_names
 from ..model import VAE, ModelConfig
+from ..options import declared
+from ..settings import ObjectiveOptions
 
 _BOUND = re.compile(r"^(train|test|valid)_(bound|iwae_bound)(_se)?$")
 _LOG_LIKELIHOOD = re.compile(r"^(train|test|valid)_log_likelihood(_se)?$")
-_OBJECTIVE = ("algorithm", "estimator", "samples", "kl_beta", "kl_warmup", "binarize")
+_OBJECTIVE = tuple(f.name for f in declared(ObjectiveOptions))
+"""What is maximised: every declared objective option (aevb.settings.ObjectiveOptions)."""
 _OPTIMIZER = ("optimizer", "lr", "lr_schedule", "batch_size", "weight_prior", "seed")
 
 
@@ -171,10 +174,7 @@ def render_info(card: dict) -> str:
         + (", with a Gaussian posterior q(theta)" if a["parameter_posterior"] else "")
         + ")",
         f"  prior p(z): {a['prior']}",
-        f"objective: {o['algorithm']}, estimator {o['estimator']}, L={o['samples']}, "
-        f"kl_beta {o['kl_beta']}"
-        + (f" (warm-up over {o['kl_warmup']:,} samples)" if o["kl_warmup"] else "")
-        + f", binarize {o['binarize']}",
+        "objective: " + ", ".join(f"{k} {v}" for k, v in o.items() if v is not None),
         f"training: {t['samples_seen']:,} samples seen{epochs}; {t['optimizer']}, lr {t['lr']}, "
         f"batch {t['batch_size']}, seed {t['seed']}",
         *_render_results(card),
