@@ -67,7 +67,7 @@ def test_train_help_lists_every_option_with_help_and_choices():
             flag = "--no-weight-prior"  # on by default: the flag turns it off
         assert flag in text, flag
     assert "{tanh,relu,softplus,elu,sigmoid}" in text  # choices from the registry
-    assert "{aevb,wake-sleep,mcem,full-vb}" in text
+    assert "{aevb,wake-sleep,mcem,full-vb,autoencoder}" in text
     flat = re.sub(r"\s+", " ", text)
     assert "adam: 0.0003, 0.001, 0.003" in flat  # --lr auto's trial, per optimizer
     for flag in ("--seed", "--optimizer", "--binarize", "--image-shape", "--eval-per-decade"):

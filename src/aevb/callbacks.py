@@ -175,7 +175,8 @@ class ProgressBar(Callback):
     def on_step_group(self, trainer: Trainer, mean_bound: float, samples: int) -> None:
         if self.bar is not None:
             self.bar.update(samples)
-            self.bar.set_postfix(bound=f"{mean_bound:.2f}", refresh=False)
+            key = trainer.alg.reports or "bound"  # the auto-encoder's step value: reconstruction
+            self.bar.set_postfix({key: f"{mean_bound:.2f}"}, refresh=False)
 
     def on_evaluation(self, trainer: Trainer, record: dict) -> None:
         if self.lines:
@@ -193,7 +194,13 @@ class ProgressBar(Callback):
 def evaluation_line(rec: dict) -> str:
     """The progress line of an evaluation record: samples, then train and test bounds."""
     line = f"{rec['samples_seen']:>12,d} samples"
-    labels = (("bound", "bound"), ("iwae_bound", "IWAE"), ("log_likelihood", "log p(x)"))
+    labels: tuple[tuple[str, str], ...] = (
+        ("bound", "bound"),
+        ("iwae_bound", "IWAE"),
+        ("log_likelihood", "log p(x)"),
+    )
+    if "train_bound" not in rec:  # an auto-encoder: its reconstruction log p(x|z=mu(x))
+        labels = (("reconstruction", "log p(x|mu)"), *labels)
     for key, label in labels:
         if f"train_{key}" in rec:
             line += f"  {label}: train {rec[f'train_{key}']:9.3f}"

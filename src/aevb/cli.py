@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, api, compat, distributed, experiments, runs, settings
+from .api.gradients import DEFAULT_DRAWS as GRADIENT_DRAWS
 from .config import load_config
 from .data import BINARIZE_MODES
 from .errors import AevbError, ConfigError
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tool_parsers(sub)
     _add_plot_interpolate_verify_parsers(sub)
     _add_export_info_parsers(sub)
+    _add_gradients_parser(sub)
     _add_reproduce_parser(sub)
     return parser
 
@@ -197,13 +199,22 @@ def _add_plot_interpolate_verify_parsers(sub: argparse._SubParsersAction[_Parser
     pl.add_argument("run_dirs", metavar="RUNDIR", nargs="+")
     pl.add_argument("--out", required=True, help="FILE.png")
     pl.add_argument("--labels", help="comma-separated curve labels (default: directory names)")
-    pl.add_argument("--metric", choices=["bound", "iwae_bound", "log_likelihood"], default="bound")
+    pl.add_argument(
+        "--metric",
+        choices=["bound", "iwae_bound", "log_likelihood", "reconstruction"],
+        default="bound",
+    )
     pl.add_argument("--title")
     pl.add_argument(
         "--since",
         type=int,
         metavar="SAMPLES",
         help="only the evaluations from this many training samples on (the end of long runs)",
+    )
+    pl.add_argument(
+        "--terms",
+        action="store_true",
+        help="draw the bound's two terms, E_q[log p(x|z)] and KL(q(z|x) || p(z)), instead",
     )
     pl.set_defaults(func=_cmd_plot)
 
@@ -254,6 +265,47 @@ def _add_export_info_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     nf.add_argument("run_dir", metavar="RUNDIR")
     nf.add_argument("--json", action="store_true", help="print one JSON object")
     nf.set_defaults(func=_cmd_info)
+
+
+def _add_gradients_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    gr = sub.add_parser(
+        "gradients",
+        help="variance of the encoder's gradient: score function vs reparameterization",
+    )
+    gr.add_argument("run_dir", metavar="RUNDIR")
+    _data_args(gr, None)
+    gr.add_argument("--split", default="test", help="where the minibatch comes from (default test)")
+    gr.add_argument(
+        "--at",
+        choices=["trained", "init"],
+        default="trained",
+        help="the run's trained model, or its initialisation rebuilt with the run's seed",
+    )
+    gr.add_argument(
+        "--draws",
+        type=int,
+        default=GRADIENT_DRAWS,
+        help=f"gradient draws per estimator (default {GRADIENT_DRAWS})",
+    )
+    gr.add_argument("--batch-size", type=int, default=100, help="M, the minibatch's size")
+    gr.add_argument(
+        "--estimators",
+        help="comma-separated subset of A, B, score-function, score-function-baseline "
+        "(default: all, B where the KL is analytic)",
+    )
+    gr.add_argument(
+        "--baseline-draws",
+        type=int,
+        help="draws of f averaged for score-function-baseline's baseline (default --draws)",
+    )
+    gr.add_argument("--seed", type=_seed, default=0, help="the minibatch and the noise")
+    gr.add_argument(
+        "--out", help="folder for gradients_AT.json and .png (default RUNDIR/gradients)"
+    )
+    gr.add_argument("--json", action="store_true", help="print one JSON object")
+    gr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    gr.add_argument("--quiet", action="store_true", help="no progress bar")
+    gr.set_defaults(func=_cmd_gradients)
 
 
 def _add_reproduce_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -331,8 +383,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         iw = f", test IWAE bound {f['test_iwae_bound']:.3f} (K={tc['samples']})"
     what = "bound" if "train_bound" in f else "log_likelihood"  # MCEM has no bound
     label = "bound" if what == "bound" else "log p(x)"
+    how = f"estimator {tc['estimator']}"
+    if tc["algorithm"] == "autoencoder":  # no bound: its reconstruction log p(x|z=mu(x))
+        what, label, how = "reconstruction", "log p(x|z=mu(x))", "auto-encoder"
     print(
-        f"trained {f.get('samples_seen', 0):,} samples (estimator {tc['estimator']}): "
+        f"trained {f.get('samples_seen', 0):,} samples ({how}): "
         f"train {label} {f.get(f'train_{what}', float('nan')):.3f}, test {label} "
         f"{f.get(f'test_{what}', float('nan')):.3f} nats{iw}; run in {run.path}"
     )
@@ -342,7 +397,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"best valid bound {best['valid_bound']:.3f} at {best['samples_seen']:,} samples "
             f"(kept as {run.path}/best_model.safetensors)"
         )
+    note = _latent_usage_note(f)
+    if note is not None:
+        sys.stderr.write(note + "\n")
     return 0
+
+
+def _latent_usage_note(final: dict) -> str | None:
+    """One line when a run ends with fewer than half its latent dimensions active (from its last
+    evaluation, test split, else train), saying what to try; None otherwise."""
+    split = "test" if "test_active_units" in final else "train"
+    active, per_dim = final.get(f"{split}_active_units"), final.get(f"{split}_kl_per_dim")
+    if active is None or not per_dim or 2 * active >= len(per_dim):
+        return None
+    return (
+        f"aevb: note: only {active} of {len(per_dim)} latent dimensions are active "
+        f"(Cov_x E_q[z_d|x] > 0.01 on the {split} split; figures/latent_usage.png), the "
+        f"others' posterior means barely depend on x; {settings.LATENT_USAGE_HINT}"
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -383,6 +455,8 @@ def _print_evaluation(res: dict) -> None:
         f"bound {res['bound']:.3f} ± {res['bound_se']:.3f} nats "
         f"(estimator {res['estimator']}, L={res['samples']})"
     )
+    if "kl" in res:
+        print(_terms_lines(res))
     if "iwae_bound" in res:
         print(
             f"  IWAE bound {res['iwae_bound']:.3f} ± {res['iwae_bound_se']:.3f} nats "
@@ -402,6 +476,22 @@ def _print_evaluation(res: dict) -> None:
         )
 
 
+def _terms_lines(res: dict) -> str:
+    """The bound's two terms and the latent usage of an evaluation, as two indented lines."""
+    kl = res["kl_per_dim"]
+    per_dim = " ".join(f"{v:.2f}" for v in kl)
+    if len(kl) > 20:  # the largest ten, by dimension (1-based)
+        top = sorted(range(len(kl)), key=lambda d: -kl[d])[:10]
+        per_dim = ", ".join(f"z{d + 1} {kl[d]:.2f}" for d in top) + " (the largest; --json: all)"
+    return (
+        f"  = reconstruction E_q[log p(x|z)] {res['reconstruction']:.3f} "
+        f"± {res['reconstruction_se']:.3f} - KL(q(z|x) || p(z)) {res['kl']:.3f} "
+        f"± {res['kl_se']:.3f} nats\n"
+        f"  active units {res['active_units']} of {len(res['kl_per_dim'])} "
+        f"(Cov_x E_q[z_d|x] > {res['active_threshold']:g}); KL per dimension: {per_dim}"
+    )
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
     x = api.decode(args.run_dir, args.latents, out=args.out)
     print(f"{args.out} ({len(x)} rows)")
@@ -418,6 +508,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             metric=args.metric,
             title=args.title,
             since=args.since,
+            terms=args.terms,
         )
     )
     return 0
@@ -474,6 +565,26 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         out=args.out,
     )
     print(Path(args.out))
+    return 0
+
+
+def _cmd_gradients(args: argparse.Namespace) -> int:
+    res = api.gradients(
+        args.run_dir,
+        at=args.at,
+        draws=args.draws,
+        batch_size=args.batch_size,
+        estimators=_columns(args.estimators),
+        split=args.split,
+        data=args.data,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        baseline_draws=args.baseline_draws,
+        out=args.out,
+        progress=not args.quiet,
+        device=args.device,
+    )
+    print(json.dumps(res, sort_keys=True) if args.json else api.render_gradients(res))
     return 0
 
 

@@ -18,6 +18,9 @@ from .networks import Decoder, Encoder
 ESTIMATORS = ("A", "B")
 """Estimators of the ELBO (the variational lower bound)."""
 
+SCORE_FUNCTION = "score-function"
+"""The naive gradient estimator of PAPER.md section 2 (REINFORCE): it trains the same ELBO as A."""
+
 
 def sgvb_a(
     encoder: Encoder,
@@ -107,3 +110,37 @@ def iwae_bound(
     z = q.rsample(samples, generator)  # (K, B, J)
     log_w = decoder.log_prob(x, z) + prior.log_prob(z) - q.log_prob(z)
     return torch.logsumexp(log_w, 0) - math.log(samples)
+
+
+def score_function(
+    encoder: Encoder,
+    decoder: Decoder,
+    prior: LatentDistribution,
+    x: Tensor,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    baseline: Tensor | float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """The score-function (REINFORCE) surrogate of the bound, and the bound: both per datapoint.
+
+    z_l ~ q(z|x) is drawn without reparameterization (no gradient flows through the draw), and
+    f(z) = log p(x, z) - log q(z|x). The surrogate (1/L) sum_l [(f(z_l) - b).detach() log q(z_l|x)
+    + f(z_l)] has the gradient
+
+    - wrt phi: (f - b) grad log q(z|x) - grad log q(z|x), the score-function estimator. The second
+      term, from the "- log q" inside f, is kept: it is what autograd gives for E_q[f] and has
+      expectation zero (E_q[grad log q] = 0), so keeping it changes no expectation and is the same
+      as a baseline of b + 1 nats;
+    - wrt theta: grad log p(x|z) at the drawn z (the prior has no parameters).
+
+    Any ``baseline`` b (a number, or a tensor broadcasting against (L, B)) that does not depend on
+    the z_l keeps the estimator unbiased. The second value is estimator A's bound on the same
+    draws, (1/L) sum_l f(z_l): the value to report, never the surrogate's.
+    """
+    q = encoder.posterior(x)
+    with torch.no_grad():
+        z = q.rsample(samples, generator)  # (L, B, J); the draw itself carries no gradient
+    log_q = q.log_prob(z)
+    f = decoder.log_prob(x, z) + prior.log_prob(z) - log_q
+    surrogate = (f - baseline).detach() * log_q + f
+    return surrogate.mean(0), f.detach().mean(0)

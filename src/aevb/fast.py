@@ -89,6 +89,11 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
         return f"the fast step covers likelihoods {LIKELIHOODS}, not {c.likelihood!r}"
     if c.posterior != "normal" or c.prior != "normal":
         return "the fast step covers a Gaussian posterior with a N(0, I) prior"
+    if estimator == "score-function":
+        return (
+            "the fast step's hand-written backward is the reparameterization gradient of "
+            "estimators A and B, not the score function's"
+        )
     if estimator not in ("A", "B"):
         return f"the fast step covers estimators A and B, not {estimator!r}"
     if getattr(c, "architecture", "mlp") != "mlp":

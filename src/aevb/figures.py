@@ -11,7 +11,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,17 +20,41 @@ from .errors import ConfigError
 from .runs import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, imported on first use (start-up time)."""
-    import matplotlib
+class _Figures:
+    """Figures for files, made without pyplot (imported on first use: start-up time).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    aevb never switches the matplotlib backend of the notebook or application it runs in, and
+    leaves nothing open in pyplot's registry; a figure saved to PNG renders with Agg either way.
+    """
 
-    return plt
+    @property
+    def rcParams(self) -> Any:  # noqa: N802 - pyplot's name, for its callers
+        import matplotlib
+
+        return matplotlib.rcParams
+
+    def figure(self, **kw: Any) -> Figure:
+        from matplotlib.figure import Figure
+
+        return Figure(**kw)
+
+    def subplots(
+        self, nrows: int = 1, ncols: int = 1, *, figsize: Any = None, dpi: Any = None, **kw: Any
+    ) -> tuple[Figure, Any]:
+        fig = self.figure(figsize=figsize, dpi=dpi)
+        return fig, fig.subplots(nrows, ncols, **kw)
+
+    def close(self, fig: Figure) -> None:
+        """Nothing to release: the figure is pyplot's concern only if pyplot made it."""
+
+
+def _pyplot() -> _Figures:
+    """What draws aevb's figures: pyplot's figure() and subplots(), without pyplot."""
+    return _Figures()
 
 
 def tile_shape(x_dim: int, image_shape: Sequence[int] | None) -> tuple[int, int]:
@@ -127,14 +151,25 @@ def plot_curves(
     path: str | Path,
     title: str = "Lower bound",
     metric: str = "bound",
+    terms: bool = False,
 ) -> None:
-    """Bound (or ``metric="log_likelihood"``) per datapoint against training samples evaluated.
+    """Bound (or ``metric="log_likelihood"``, or ``"reconstruction"``) per datapoint against
+    training samples evaluated.
+
+    ``terms``: beside it, a panel of the bound's two terms of the first run that logged them
+    (E_q[log p(x|z)] on the left axis, KL(q || p) on the right) and, for a run trained with a
+    weighted KL term, a small panel of the weight applied (:func:`_terms_panel`).
 
     Log x-axis, train solid, test dashed, validation dotted. A run without the metric (Monte Carlo
-    EM has no bound) is drawn with its marginal-likelihood estimates.
+    EM has no bound) is drawn with its marginal-likelihood estimates, one without either (an
+    auto-encoder) with its reconstruction log p(x|z=mu(x)).
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    with_terms = (
+        [recs for _, recs in runs if any("train_kl" in r for r in recs)][:1] if terms else []
+    )
+    fig, axes = _curve_axes(plt, with_terms)
+    ax = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, records) in enumerate(runs):
         recs = [r for r in records if r.get("samples_seen", 0) > 0]
@@ -143,6 +178,8 @@ def plot_curves(
         s = [r["samples_seen"] for r in recs]
         color = colors[i % len(colors)]
         key = metric if f"train_{metric}" in recs[0] else "log_likelihood"
+        if key == "log_likelihood" and not {"train_log_likelihood", "train_bound"} & recs[0].keys():
+            key = "reconstruction"  # an auto-encoder: no bound, its log p(x|z=mu(x))
         for split, style in (("train", "-"), ("test", "--"), ("valid", ":")):
             if f"{split}_{key}" in recs[0]:
                 ys = [r[f"{split}_{key}"] for r in recs]
@@ -150,11 +187,16 @@ def plot_curves(
     ax.set_xscale("log")
     ax.set_xlabel("training samples evaluated")
     ax.set_ylabel(
-        "lower bound per datapoint (nats)" if metric == "bound" else "log p(x) per datapoint (nats)"
+        {
+            "bound": "lower bound per datapoint (nats)",
+            "reconstruction": "reconstruction log p(x|z) per datapoint (nats)",
+        }.get(metric, "log p(x) per datapoint (nats)")
     )
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    if with_terms:
+        _terms_panel(axes[1:], with_terms[0])
     fig.tight_layout()
     _save_figure(fig, path)
 
@@ -185,7 +227,7 @@ def plot_panels(
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), dpi=90, squeeze=False
     )
-    handles: dict[str, object] = {}
+    handles: dict[str, Any] = {}  # label -> the Line2D drawn for it
     for ax, (ptitle, curves) in zip(axes.flat, panels, strict=False):
         seen = [r["samples_seen"] for _, recs in curves for r in recs if r["samples_seen"] > 0]
         end = max(seen, default=1)
@@ -229,8 +271,8 @@ def plot_panels(
         row[0].set_ylabel(ylabel, fontsize=8)
     legend_cols = min(legend_cols, len(handles) or 1)
     fig.legend(
-        handles.values(),
-        handles.keys(),
+        list(handles.values()),
+        list(handles.keys()),
         loc="lower center",
         ncol=legend_cols,
         fontsize=8,
@@ -273,3 +315,168 @@ def plot_image_panels(
         fig.suptitle(title, fontsize=10, y=1 - 0.08 / fh, va="top")
     grey = all(g.ndim == 2 for _, g in grids)
     _save_figure(fig, path, grey=grey, rgb=not grey)
+
+
+# --------------------------------------------------------------------------- the bound's terms
+
+_SPLIT_STYLES = (("train", "-"), ("test", "--"), ("valid", ":"))
+_TERM_LABELS = {
+    "reconstruction": "E_q[log p(x|z)] per datapoint (nats)",
+    "kl": "KL(q(z|x) || p(z)) per datapoint (nats)",
+}
+
+
+def _split_curves(ax: Axes, records: list[dict], key: str, color: str, label: str) -> list:
+    """The train (solid), test (dashed) and validation (dotted) curves of ``{split}_{key}``
+    against training samples (evaluations after the start); the lines drawn."""
+    lines: list = []
+    for split, style in _SPLIT_STYLES:
+        pts = [
+            (r["samples_seen"], r[f"{split}_{key}"])
+            for r in records
+            if r.get("samples_seen", 0) > 0 and f"{split}_{key}" in r
+        ]
+        if pts:
+            s, y = zip(*pts, strict=True)
+            lines += ax.plot(s, y, style, color=color, label=f"{label} {split}".strip())
+    return lines
+
+
+def _weight_panel(ax: Axes, runs: Sequence[tuple[str, list[dict]]], colors: list[str]) -> None:
+    """The KL weight applied (the records' ``kl_weight``) against training samples."""
+    for i, (label, records) in enumerate(runs):
+        pts = [
+            (r["samples_seen"], r["kl_weight"])
+            for r in records
+            if r.get("samples_seen", 0) > 0 and "kl_weight" in r
+        ]
+        if pts:
+            s, w = zip(*pts, strict=True)
+            ax.plot(s, w, "-", color=colors[i % len(colors)], label=label or None)
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0.0)
+    ax.set_title("KL weight applied", fontsize=9)
+    ax.set_xlabel("training samples evaluated", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _curve_axes(plt: Any, with_terms: list[list[dict]]) -> tuple[Figure, list[Axes]]:
+    """:func:`plot_curves`' axes: the bound's alone, or beside the terms panel (and a small
+    panel of the KL weight when the run logged one)."""
+    if not with_terms:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        return fig, [ax]
+    weighted = any("kl_weight" in r for r in with_terms[0])
+    ratios = [3.0, 3.0, 1.3] if weighted else [3.0, 3.0]
+    fig, axes = plt.subplots(
+        1, len(ratios), figsize=(2.0 * sum(ratios), 4), dpi=100, width_ratios=ratios
+    )
+    return fig, list(axes)
+
+
+def _terms_panel(axes: list[Axes], records: list[dict]) -> None:
+    """One run's two terms on one panel: E_q[log p(x|z)] on the left axis, the KL on a right
+    one; then (a second axes given) the KL weight applied."""
+    ax = axes[0]
+    ax.set_xscale("log")
+    lines = _split_curves(ax, records, "reconstruction", "tab:blue", "E_q[log p(x|z)]")
+    kl_ax = ax.twinx()
+    lines += _split_curves(kl_ax, records, "kl", "tab:orange", "KL")
+    ax.set_ylabel(_TERM_LABELS["reconstruction"], color="tab:blue", fontsize=8)
+    kl_ax.set_ylabel(_TERM_LABELS["kl"], color="tab:orange", fontsize=8)
+    ax.set_xlabel("training samples evaluated")
+    ax.set_title("the bound's two terms (bound = E_q[log p(x|z)] - KL)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(handles=lines, fontsize=7, loc="center right")
+    if len(axes) > 1:
+        _weight_panel(axes[1], [("", records)], ["tab:gray"])
+
+
+def terms_figure(runs: Sequence[tuple[str, list[dict]]], title: str = "") -> Figure:
+    """The two terms of several runs: E_q[log p(x|z)] (left panel) and KL(q || p) (right),
+    each run in its colour, train solid, test dashed, validation dotted; runs trained with a
+    weighted KL term add a small third panel of the weight applied."""
+    plt = _pyplot()
+    weighted = any("kl_weight" in r for _, recs in runs for r in recs)
+    ratios = [3.0, 3.0, 1.3] if weighted else [3.0, 3.0]
+    fig, axes = plt.subplots(
+        1, len(ratios), figsize=(2.0 * sum(ratios), 4), dpi=100, width_ratios=ratios
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, records) in enumerate(runs):
+        for ax, key in zip(axes, ("reconstruction", "kl"), strict=False):
+            _split_curves(ax, records, key, colors[i % len(colors)], label)
+    for ax, key in zip(axes, ("reconstruction", "kl"), strict=False):
+        ax.set_xscale("log")
+        ax.set_xlabel("training samples evaluated")
+        ax.set_ylabel(_TERM_LABELS[key], fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if weighted:
+        _weight_panel(axes[2], runs, colors)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_terms(runs: Sequence[tuple[str, list[dict]]], path: str | Path, title: str = "") -> None:
+    """Write :func:`terms_figure` of the runs' metrics records as a PNG."""
+    _save_figure(terms_figure(runs, title), path)
+
+
+# --------------------------------------------------------------------------- latent usage
+
+
+def latent_usage_figure(
+    kl_per_dim: Sequence[float],
+    activity: Sequence[float],
+    threshold: float = 0.01,
+    title: str = "",
+) -> Figure:
+    """Bars of the mean KL of each latent dimension, sorted descending, blue where the
+    dimension is active (Cov_x(E_q[z_d|x]) > ``threshold``, Burda et al. 2015) and grey where
+    not; the activity itself as dots on a log right axis, the threshold dashed."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    kl, act = np.asarray(kl_per_dim, dtype=float), np.asarray(activity, dtype=float)
+    order = np.argsort(-kl, kind="stable")
+    active = act[order] > threshold
+    j = len(kl)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 0.25 * j + 2.5)), 3.8), dpi=100)
+    x = np.arange(j)
+    ax.bar(x, kl[order], width=0.8, color=["tab:blue" if a else "tab:gray" for a in active])
+    step = max(1, math.ceil(j / 30))
+    ax.set_xticks(x[::step], [str(int(d) + 1) for d in order[::step]], fontsize=7)
+    ax.set_xlabel("latent dimension d (sorted by KL)")
+    ax.set_ylabel("mean KL(q(z_d|x) || p(z_d)) (nats)", fontsize=8)
+    act_ax = ax.twinx()
+    act_ax.plot(x, np.maximum(act[order], 1e-12), "o", ms=3, color="black")
+    act_ax.axhline(threshold, ls="--", lw=1, color="tab:red")
+    act_ax.set_yscale("log")
+    act_ax.set_ylabel("Cov_x(E_q[z_d|x])", fontsize=8)
+    handles = [
+        Patch(color="tab:blue", label="active"),
+        Patch(color="tab:gray", label="inactive"),
+        Line2D([], [], ls="", marker="o", ms=3, color="black", label="Cov_x(E_q[z_d|x])"),
+        Line2D([], [], ls="--", color="tab:red", label=f"threshold {threshold:g}"),
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    n = int(active.sum())
+    ax.set_title(title or f"latent usage: {n} of {j} dimensions active", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_usage(
+    path: str | Path,
+    kl_per_dim: Sequence[float],
+    activity: Sequence[float],
+    threshold: float = 0.01,
+    title: str = "",
+) -> None:
+    """Write :func:`latent_usage_figure` as a PNG."""
+    _save_figure(latent_usage_figure(kl_per_dim, activity, threshold, title), path)

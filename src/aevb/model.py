@@ -12,9 +12,10 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from .diagnostics import BoundTerms, bound_terms
 from .distributions import POSTERIORS, PRIORS, has_analytic_kl
 from .errors import ConfigError
-from .estimators import ESTIMATORS, elbo, elbo_terms, iwae_bound
+from .estimators import ESTIMATORS, SCORE_FUNCTION, elbo, elbo_terms, iwae_bound, score_function
 from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
 from .options import between, bounded_int, option, positive, validate
 
@@ -136,8 +137,8 @@ class ModelConfig(ModelOptions):
             )
 
     def supports_estimator(self, estimator: str) -> bool:
-        """Estimators A and iwae always work; B needs an analytic KL(posterior || prior)."""
-        if estimator in ("A", "iwae"):
+        """Estimators A, iwae and score-function always work; B needs an analytic KL."""
+        if estimator in ("A", "iwae", SCORE_FUNCTION):
             return True
         return estimator == "B" and analytic_kl_available(self.posterior, self.prior)
 
@@ -241,6 +242,10 @@ class VAE(nn.Module):
         """Per-datapoint lower bound (nats) by SGVB estimator A or B with L = ``samples``."""
         if estimator == "iwae":
             raise ConfigError("'iwae' is not an ELBO estimator; use VAE.iwae_bound (or A or B)")
+        if estimator == SCORE_FUNCTION:
+            raise ConfigError(
+                "'score-function' estimates the ELBO's gradient, not its value; use A or B"
+            )
         if estimator not in ESTIMATORS or not self.config.supports_estimator(estimator):
             raise ConfigError(
                 f"estimator {estimator!r} is not available for this posterior and prior; use 'A'"
@@ -267,6 +272,22 @@ class VAE(nn.Module):
             raise ConfigError(f"estimator {estimator!r} has no (reconstruction, KL) split here")
         x = self._as_tensor(x)
         return elbo_terms(self.encoder, self.decoder, self.prior, x, estimator, samples, generator)
+
+    def bound_terms(
+        self,
+        x: TensorLike,
+        estimator: str = "B",
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> BoundTerms:
+        """:meth:`elbo` (the same number, on the same noise) with its two terms, the KL per
+        latent dimension and the posterior centers (:func:`aevb.diagnostics.bound_terms`)."""
+        if estimator not in ESTIMATORS or not self.config.supports_estimator(estimator):
+            raise ConfigError(
+                f"estimator {estimator!r} is not available for this posterior and prior; use 'A'"
+            )
+        x = self._as_tensor(x)
+        return bound_terms(self.encoder, self.decoder, self.prior, x, estimator, samples, generator)
 
     @torch.no_grad()
     def init_decoder_bias(self, data_mean: TensorLike) -> None:
@@ -305,10 +326,34 @@ class VAE(nn.Module):
         samples: int = 1,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Per-datapoint training objective: the ELBO by estimator A or B, or the IWAE bound."""
+        """Per-datapoint training objective: the ELBO by estimator A or B, or the IWAE bound.
+
+        For "score-function" it is the surrogate of :meth:`score_function` (no baseline), whose
+        gradient is that estimator's and whose value is not a bound.
+        """
         if estimator == "iwae":
             return self.iwae_bound(x, samples, generator)
+        if estimator == SCORE_FUNCTION:
+            return self.score_function(x, samples, generator)[0]
         return self.elbo(x, estimator, samples, generator)
+
+    def score_function(
+        self,
+        x: TensorLike,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        baseline: Tensor | float = 0.0,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-datapoint (surrogate, bound) of the score-function estimator (PAPER.md section 2).
+
+        The surrogate's gradient is the REINFORCE gradient of the ELBO wrt the encoder and the
+        gradient of log p(x|z) wrt the decoder (:func:`aevb.estimators.score_function`); the
+        bound is estimator A's value on the same draws.
+        """
+        x = self._as_tensor(x)
+        return score_function(
+            self.encoder, self.decoder, self.prior, x, samples, generator, baseline
+        )
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

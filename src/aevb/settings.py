@@ -150,10 +150,15 @@ class ObjectiveOptions(_Group):
     algorithm: AlgorithmName = option(
         "aevb", "AEVB (Algorithm 1), or the paper's comparisons (docs/ALGORITHMS.md)"
     )
-    estimator: Literal["A", "B", "iwae"] | None = option(
+    estimator: Literal["A", "B", "iwae", "score-function"] | None = option(
         None,
-        "SGVB estimator A or B, or iwae (importance-weighted bound, K = --samples); "
-        "default: B where KL(posterior || prior) is analytic, else A",
+        "SGVB estimator A or B, iwae (importance-weighted bound, K = --samples), or "
+        "score-function (REINFORCE gradient of the same bound: the paper's high-variance "
+        "baseline); default: B where KL(posterior || prior) is analytic, else A",
+    )
+    score_baseline: bool = option(
+        False,
+        "score-function estimator: subtract a running mean of the bound (decay 0.9) from f",
     )
     samples: int = option(1, "L (K for iwae), samples per datapoint", check=positive)
     binarize: Binarize = option(
@@ -323,15 +328,21 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
             self.estimator = "B"
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine {self.engine!r}; choose one of {ENGINES}")
-        if self.estimator == "iwae" and self.algorithm != "aevb":
-            raise ConfigError(f"estimator iwae trains AEVB only, not {self.algorithm}; use A or B")
+        if self.algorithm == "autoencoder":
+            self._check_autoencoder()
+        if self.estimator in ("iwae", "score-function") and self.algorithm != "aevb":
+            raise ConfigError(
+                f"estimator {self.estimator} trains AEVB only, not {self.algorithm}; use A or B"
+            )
+        if self.score_baseline and self.estimator != "score-function":
+            raise ConfigError("--score-baseline is for --estimator score-function; drop it")
         if self.algorithm == "mcem" and self.eval_marginal is None:
             self.eval_marginal = "hmc"  # MCEM has no bound: report log p(x) instead
         if self.algorithm == "mcem" and self.eval_marginal == "is":
             raise ConfigError("MCEM trains no encoder to propose from; use eval_marginal='hmc'")
         if self.budget is not None and self.epochs is not None:
             raise ConfigError("give either --budget (training samples) or --epochs, not both")
-        if self.kl_weighted and (self.algorithm != "aevb" or self.estimator == "iwae"):
+        if self.kl_weighted and (self.algorithm != "aevb" or self.estimator not in ("A", "B")):
             raise ConfigError(
                 "--kl-beta and --kl-warmup weight the KL term of AEVB's estimators A and B; "
                 f"drop them for algorithm {self.algorithm!r}, estimator {self.estimator!r}"
@@ -344,6 +355,25 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
             raise ConfigError(f"--lr-min ({self.lr_min:g}) must be below --lr ({self.lr:g})")
         for alg in ALGORITHMS.values():
             self.options_for(alg)  # each algorithm checks its own options
+
+    def _check_autoencoder(self) -> None:
+        """The options a deterministic auto-encoder has no use for, refused in one line each."""
+        no = "the auto-encoder trains on log p(x|z=mu(x)) alone (no bound, no noise, no KL)"
+        if self.estimator == "iwae":
+            raise ConfigError(f"{no}; drop --estimator")
+        if self.samples != 1:
+            raise ConfigError(f"{no}; drop --samples")
+        if self.kl_weighted:
+            raise ConfigError(f"{no}; drop --kl-beta and --kl-warmup")
+        if self.keep != "last" or self.patience is not None:
+            raise ConfigError(
+                f"{no}: it has no validation bound to select on; drop --keep best and --patience"
+            )
+        if self.eval_marginal == "is":
+            raise ConfigError(
+                f"{no}: its encoder has no trained variance to propose from; use "
+                "--eval-marginal hmc"
+            )
 
     @property
     def kl_weighted(self) -> bool:
@@ -379,6 +409,10 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+LATENT_USAGE_HINT = "try a KL warm-up (--kl-warmup SAMPLES) or a smaller --latent-dim"
+"""What to try when few latent dimensions are active (``aevb train``'s note at the end)."""
 
 
 # --------------------------------------------------------------------------- all the settings

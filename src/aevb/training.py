@@ -39,6 +39,7 @@ from .callbacks import (
 )
 from .data.base import binarize_tensor
 from .data.mapped import MappedRows
+from .diagnostics import BoundTerms, latent_usage
 from .errors import ConfigError, NumericalError
 from .fast import tune_allocator
 from .runs import owned_tensor
@@ -93,6 +94,25 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
             points.add(min(total, int(math.ceil(s / batch)) * batch))
         k += 1
     return sorted(points)
+
+
+# --------------------------------------------------------------------------- evaluation records
+
+
+def terms_record(split: str, terms: BoundTerms) -> dict:
+    """An evaluation's numbers for one split: the bound and its two terms, each with its standard
+    error over points; the active units; and two lists, one value per latent dimension to 6
+    significant digits: the mean KL (``kl_per_dim``) and Cov_x(E_q[z_d|x]) (``activity``)."""
+    rec: dict = {}
+    for key in ("bound", "reconstruction", "kl"):
+        v = getattr(terms, key)
+        rec[f"{split}_{key}"] = float(v.mean())
+        rec[f"{split}_{key}_se"] = standard_error(v)
+    usage = latent_usage(terms.center, terms.kl_per_dim)
+    rec[f"{split}_active_units"] = usage.active_units
+    rec[f"{split}_kl_per_dim"] = [float(f"{v:.6g}") for v in usage.kl_per_dim]
+    rec[f"{split}_activity"] = [float(f"{v:.6g}") for v in usage.activity]
+    return rec
 
 
 # --------------------------------------------------------------------------- numerical faults
@@ -319,10 +339,12 @@ class Trainer:
             if x is None:
                 continue
             xe = self._eval_data(x, split_id)
-            if self.alg.has_bound:
-                b = self._spread(lambda t: self.alg.evaluate(t, g), xe, 2000)
-                rec[f"{name}_bound"] = float(b.mean())
-                rec[f"{name}_bound_se"] = standard_error(b)
+            if self.alg.has_bound:  # the bound, its two terms and the latent usage: one pass
+                rec.update(terms_record(name, self._spread_terms(xe, g)))
+            if not self.alg.has_bound and self.alg.reports:  # the auto-encoder's reconstruction
+                r = self._spread(lambda t: self.alg.evaluate(t, g), xe, 2000)
+                rec[f"{name}_{self.alg.reports}"] = float(r.mean())
+                rec[f"{name}_{self.alg.reports}_se"] = standard_error(r)
             if self.config.estimator == "iwae":
                 k = self.config.samples
                 step = max(1, 20_000 // k)  # at most ~20 000 decoded (z, x) pairs at once
@@ -342,6 +364,14 @@ class Trainer:
         self.model.train()
         rec.update(self.alg.extra_metrics())
         return rec
+
+    def _spread_terms(self, x: Tensor, generator: torch.Generator) -> BoundTerms:
+        """:meth:`Algorithm.evaluate_terms` over x, 2000 points at a time, shared over ranks."""
+        j = self.model.config.latent_dim
+        flat = self._spread(
+            lambda t: self.alg.evaluate_terms(t, generator).packed().reshape(-1), x, 2000
+        )
+        return BoundTerms.unpack(flat, j)
 
     def _log_likelihood(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Per-point log p(x): importance sampling with the encoder ("is") or Appendix D ("hmc")."""

@@ -6,6 +6,7 @@ its own, an ``Options`` dataclass with a ``prefix``), and add it to this table.
 """
 
 from .aevb import AEVB
+from .autoencoder import AutoEncoder
 from .base import Algorithm, make_optimizer
 from .full_vb import FullVB, FullVBOptions
 from .mcem import MCEMOptions, MonteCarloEM
@@ -16,12 +17,14 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "wake-sleep": WakeSleep,
     "mcem": MonteCarloEM,
     "full-vb": FullVB,
+    "autoencoder": AutoEncoder,
 }
 
 __all__ = [
     "AEVB",
     "ALGORITHMS",
     "Algorithm",
+    "AutoEncoder",
     "FullVB",
     "FullVBOptions",
     "MCEMOptions",

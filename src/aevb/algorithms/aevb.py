@@ -16,6 +16,9 @@ from .base import Algorithm
 if TYPE_CHECKING:
     from ..settings import TrainConfig
 
+SCORE_BASELINE_DECAY = 0.9
+"""Decay of the score-function estimator's running-mean baseline: b <- 0.9 b + 0.1 mean(f)."""
+
 
 class AEVB(Algorithm):
     """Algorithm 1: a gradient step on the SGVB estimate of the minibatch bound.
@@ -24,6 +27,11 @@ class AEVB(Algorithm):
     buffers, one fused optimizer kernel) when it covers the model, else on autograd; both compute
     the same estimator from the same noise. ``engine`` says which; ``engine_note`` why not fast.
     With a KL weight (``TrainConfig.kl_weight``) the step ascends E[log p(x|z)] - beta KL.
+    With ``estimator="score-function"`` the step follows the REINFORCE gradient instead (always on
+    autograd), optionally with a running-mean baseline b (``score_baseline``): an exponential
+    moving average, decay :data:`SCORE_BASELINE_DECAY`, of the minibatch mean of f = log p(x, z)
+    - log q(z|x), started at the first minibatch's mean (the first step has none), saved in
+    checkpoints.
     """
 
     name = "aevb"
@@ -35,6 +43,7 @@ class AEVB(Algorithm):
         assert est is not None  # TrainConfig resolved it
         self.use_fast(est, lambda: FastStep(model, self.optimizer, est, c.samples))
         self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
+        self.baseline: Tensor | None = None  # the score-function baseline (saved in checkpoints)
 
     def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
         c = self.config
@@ -42,6 +51,8 @@ class AEVB(Algorithm):
             return self._weighted_step(x, generator)
         if self.fast is not None:
             return self.fast.step(x, generator)
+        if c.estimator == "score-function":
+            return self._score_step(x, generator)
         assert c.estimator is not None  # TrainConfig resolved it
         with _autocast(c.precision, x):
             bound = self.model.objective(x, c.estimator, c.samples, generator)
@@ -67,18 +78,42 @@ class AEVB(Algorithm):
         self.optimizer.step()
         return (rec - kl).mean().detach()
 
+    def _score_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A step on the score-function surrogate; the bound returned is the ELBO (A's value)."""
+        c = self.config
+        b = self.baseline if c.score_baseline and self.baseline is not None else 0.0
+        with _autocast(c.precision, x):
+            surrogate, f = self.model.score_function(x, c.samples, generator, b)
+        self.optimizer.zero_grad(set_to_none=True)
+        (-_wide(surrogate).mean()).backward()
+        self.optimizer.step()
+        bound = _wide(f).mean()
+        if c.score_baseline:
+            mean = bound.clone()
+            if self.data_parallel:  # every rank keeps the same baseline
+                distributed.all_reduce_mean_(mean)
+            d = SCORE_BASELINE_DECAY
+            self.baseline = mean if self.baseline is None else d * self.baseline + (1 - d) * mean
+        return bound
+
     def extra_metrics(self) -> dict:
         c = self.config
         return {"kl_weight": c.kl_weight(self.kl_samples)} if c.kl_weighted else {}
 
     def state_tensors(self) -> dict[str, Tensor]:
-        if not self.config.kl_weighted:
-            return {}
-        return {"kl_samples": torch.tensor(self.kl_samples, dtype=torch.int64)}
+        out = {}
+        if self.config.kl_weighted:
+            out["kl_samples"] = torch.tensor(self.kl_samples, dtype=torch.int64)
+        if self.baseline is not None:
+            out["score_baseline"] = self.baseline.detach().clone().cpu()
+        return out
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         if "kl_samples" in tensors:
             self.kl_samples = int(tensors["kl_samples"])
+        if "score_baseline" in tensors:
+            p = next(self.model.parameters())
+            self.baseline = tensors["score_baseline"].to(p.device, p.dtype)
 
 
 def _wide(t: Tensor) -> Tensor:

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from .. import compat
+from ..diagnostics import BoundTerms
 from ..errors import ConfigError
+from ..estimators import ESTIMATORS
 from ..fast import FastStep, unsupported_optimizer, unsupported_reason
 from ..model import VAE
 
@@ -61,6 +63,9 @@ class Algorithm:
     Options: ClassVar[type[AlgorithmOptionsClass] | None] = None
     #: Whether the algorithm has a lower bound to report (Monte Carlo EM has none).
     has_bound: ClassVar[bool] = True
+    #: Without a bound: what :meth:`evaluate` returns per point, logged as ``{split}_{reports}``
+    #: (the auto-encoder's "reconstruction"); None logs nothing in its place (Monte Carlo EM).
+    reports: ClassVar[str | None] = None
     #: Whether the step keeps per-datapoint state, indexed by the minibatch's rows (MCEM's chains).
     needs_index: ClassVar[bool] = False
 
@@ -136,11 +141,24 @@ class Algorithm:
         """Per-datapoint lower bound reported for this algorithm's model.
 
         IWAE runs report the ELBO here (estimator B where the KL is analytic, else A, with L = K);
-        the IWAE bound is logged beside it as ``*_iwae_bound``.
+        the IWAE bound is logged beside it as ``*_iwae_bound``. Score-function runs train the ELBO
+        and report it the same way (B where analytic, else A).
         """
-        c = self.config
-        est = c.estimator
+        return self.model.elbo(x, self.bound_estimator(), self.config.samples, generator)
+
+    @torch.no_grad()
+    def evaluate_terms(self, x: Tensor, generator: torch.Generator) -> BoundTerms:
+        """:meth:`evaluate`'s bound (the same numbers, on the same noise) with its two terms,
+        E_q[log p(x|z)] and KL(q(z|x) || p(z)), the KL per latent dimension and the posterior
+        centers (:class:`aevb.diagnostics.BoundTerms`). The Trainer logs these in place of
+        :meth:`evaluate`; an algorithm that overrides one overrides both."""
+        return self.model.bound_terms(x, self.bound_estimator(), self.config.samples, generator)
+
+    def bound_estimator(self) -> str:
+        """The ELBO estimator evaluations use: the run's A or B; for runs trained on another
+        objective (iwae, score-function), B where the KL is analytic, else A."""
+        est = self.config.estimator
         assert est is not None  # TrainConfig resolved it
-        if est == "iwae":
-            est = "B" if self.model.config.supports_estimator("B") else "A"
-        return self.model.elbo(x, est, c.samples, generator)
+        if est in ESTIMATORS:
+            return est
+        return "B" if self.model.config.supports_estimator("B") else "A"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from ..diagnostics import BoundTerms, bound_terms
 from ..errors import ConfigError
 from ..estimators import elbo
 from ..model import VAE
@@ -113,6 +114,20 @@ class FullVB(Algorithm):
             for _ in range(self.options.eval_samples)
         ]
         return torch.stack(draws).mean(0)
+
+    @torch.no_grad()
+    def evaluate_terms(self, x: Tensor, generator: torch.Generator) -> BoundTerms:
+        """:meth:`evaluate`'s bound with its two terms, on the same draws (each term averaged
+        over the draws of theta for ``eval="sample"``)."""
+        c = self.config
+        if self.options.eval == "mean":
+            return self.model.bound_terms(x, self.bound_estimator(), c.samples, generator)
+        m, est = self.model, self.bound_estimator()
+        draws = []
+        for _ in range(self.options.eval_samples):
+            dec: Any = _DecoderAt(m.decoder, m.sample_decoder_parameters(generator))
+            draws.append(bound_terms(m.encoder, dec, m.prior, x, est, c.samples, generator))
+        return BoundTerms.mean_of(draws)
 
 
 class _DecoderAt:

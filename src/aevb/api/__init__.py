@@ -1,7 +1,8 @@
 """The Python API. Every command-line command is a thin wrapper over one function here.
 
 Its parts: :mod:`.common` (a run on disk, devices, :func:`load`), :mod:`.training`
-(:func:`train` and what it needs), :mod:`.evaluation` (:func:`evaluate`) and :mod:`.tools`
+(:func:`train` and what it needs), :mod:`.evaluation` (:func:`evaluate`), :mod:`.gradients`
+(:func:`gradients`: the estimators' gradient variance) and :mod:`.tools`
 (sampling, the manifold, reconstructions, encoding, decoding, interpolation, curves),
 :mod:`.exporting` (:func:`export`: ONNX and torch.export files) and :mod:`.card` (:func:`info`).
 """
@@ -12,6 +13,7 @@ from .card import info, render_info
 from .common import Run, load, resolve_device
 from .evaluation import evaluate
 from .exporting import Export, export
+from .gradients import gradients, render_gradients
 from .tools import (
     Encoding,
     Interpolation,
@@ -40,6 +42,7 @@ __all__ = [
     "encode",
     "evaluate",
     "export",
+    "gradients",
     "info",
     "interpolate",
     "kl_mark",
@@ -47,6 +50,7 @@ __all__ = [
     "manifold",
     "plot",
     "reconstruct",
+    "render_gradients",
     "render_info",
     "resolve_device",
     "sample",

@@ -21,6 +21,7 @@ from ..settings import ObjectiveOptions
 
 _BOUND = re.compile(r"^(train|test|valid)_(bound|iwae_bound)(_se)?$")
 _LOG_LIKELIHOOD = re.compile(r"^(train|test|valid)_log_likelihood(_se)?$")
+_RECONSTRUCTION = re.compile(r"^(train|test|valid)_reconstruction(_se)?$")
 _OBJECTIVE = tuple(f.name for f in declared(ObjectiveOptions))
 """What is maximised: every declared objective option (aevb.settings.ObjectiveOptions)."""
 _OPTIMIZER = ("optimizer", "lr", "lr_schedule", "batch_size", "weight_prior", "seed")
@@ -77,6 +78,11 @@ def _last(metrics: list[dict], pattern: re.Pattern[str]) -> dict:
     return {}
 
 
+def _autoencoder(train: dict) -> bool:
+    """Whether a run's train section is a deterministic auto-encoder's (no bound)."""
+    return train.get("algorithm") == "autoencoder"
+
+
 def info(run_dir: str | Path) -> dict:
     """The model card of a run: data, architecture, objective, training, last bounds, versions.
 
@@ -117,6 +123,8 @@ def info(run_dir: str | Path) -> dict:
             **{k: train.get(k) for k in _OPTIMIZER},
         },
         "bounds": _last(metrics, _BOUND),
+        # an auto-encoder's log p(x|z=mu(x)), in place of a bound
+        "reconstruction": _last(metrics, _RECONSTRUCTION) if _autoencoder(train) else {},
         "log_likelihood": {
             **_last(metrics, _LOG_LIKELIHOOD),
             **({"method": train.get("eval_marginal")} if train.get("eval_marginal") else {}),
@@ -141,12 +149,18 @@ def _render_results(card: dict) -> list[str]:
     for what, label in (("bound", "bound"), ("iwae_bound", "IWAE bound")):
         if _values(b, what):
             lines.append(f"{label} (nats, at {b['samples_seen']:,} samples): {_values(b, what)}")
+    rec = card.get("reconstruction")
+    if rec:
+        at = f"nats, at {rec['samples_seen']:,} samples"
+        lines.append(f"reconstruction log p(x|z=mu(x)) ({at}): {_values(rec, 'reconstruction')}")
     if not b:
         lines.append("bound: none logged (the algorithm has no bound)")
     if ll:
         how = f", {ll['method']}" if ll.get("method") else ""
         at = f"at {ll['samples_seen']:,} samples{how}"
         lines.append(f"log p(x) (nats, {at}): {_values(ll, 'log_likelihood')}")
+    elif rec:  # aevb evaluate refuses an auto-encoder run
+        lines.append("log p(x): not evaluated during training (train with --eval-marginal hmc)")
     else:
         lines.append("log p(x): not evaluated during training (aevb evaluate RUNDIR --marginal is)")
     return lines

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.memory import IN_MEMORY, is_in_memory
+from ..diagnostics import BoundTerms, latent_usage
 from ..errors import ConfigError
 from ..model import VAE
 from ..seeds import split_seed
@@ -46,7 +47,9 @@ def evaluate(
     which: str = "last",
     model: str | None = None,
 ) -> dict:
-    """The lower bound per datapoint on a split, with its standard error over datapoints.
+    """The lower bound per datapoint on a split, with its standard error over datapoints; on the
+    same draws its terms ``reconstruction``, ``kl`` (with ``_se``) and the latent usage
+    ``active_units``, ``activity``, ``active_threshold``, ``kl_per_dim`` (docs/EVALUATION.md).
 
     The run's data is reloaded and checked against its recorded fingerprint; ``data`` is other
     data: a name, a file, an array (evaluated whole) or a ``(train, test)`` pair (by ``split``).
@@ -78,7 +81,7 @@ def evaluate(
     dev = resolve_device(device)
     vae = vae.to(dev)
     t0 = time.perf_counter()
-    xt, b = _bounds(vae, x, est, samples, batch_size, seed, dev)
+    xt, terms = _bounds(vae, x, est, samples, batch_size, seed, dev)
     res = {
         "run": str(run_dir),
         "data": cfg["data"]["spec"] if data is None else _data_name(data),
@@ -87,15 +90,24 @@ def evaluate(
         "binarize": mode,
         "estimator": est,
         "samples": samples,
-        "points": len(b),
+        "points": len(terms.bound),
         "points_spread": bool(spread and points is not None),
-        "bound": float(b.mean()),
-        "bound_se": standard_error(b),
+        **_terms(terms),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     res.update(_iwae(vae, xt, iwae_samples, seed, dev))
-    res.update(_marginals(vae, xt, b, marginal, seed, dev, progress, settings, workers))
+    res.update(_marginals(vae, xt, terms.bound, marginal, seed, dev, progress, settings, workers))
     return res
+
+
+def _refuse_autoencoder(cfg: dict) -> None:
+    """An auto-encoder run (``algorithm="autoencoder"``) has no bound to evaluate: refused in one
+    line (docs/ALGORITHMS.md); its test reconstruction is in its metrics.jsonl."""
+    if cfg["train"].get("algorithm") == "autoencoder":
+        raise ConfigError(
+            "this run is an auto-encoder, which has no lower bound; it reports its reconstruction "
+            "log p(x|z=mu(x)) (test_reconstruction in its metrics.jsonl; aevb info shows it)"
+        )
 
 
 def _data_name(data: Any) -> str:
@@ -107,12 +119,15 @@ def _estimators(
     estimator: str | None, iwae_samples: int | None, model: VAE, cfg: dict
 ) -> tuple[str, int | None]:
     """The ELBO estimator and IWAE K evaluated: the run's unless given (its K for iwae runs)."""
+    _refuse_autoencoder(cfg)
     if estimator == "iwae":
         raise ConfigError("--estimator names an ELBO estimator (A or B); use --iwae-samples K")
     est = estimator or cfg["train"]["estimator"]
     if est == "iwae":
         est = "B" if model.config.supports_estimator("B") else "A"
         iwae_samples = iwae_samples or int(cfg["train"]["samples"])
+    elif estimator is None and est == "score-function":  # it trained the ELBO: evaluate it
+        est = "B" if model.config.supports_estimator("B") else "A"
     return est, iwae_samples
 
 
@@ -124,18 +139,36 @@ def _bounds(
     batch_size: int,
     seed: int,
     dev: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The points as a tensor on ``dev`` and the ELBO of each, ``batch_size`` points at a time."""
+) -> tuple[torch.Tensor, BoundTerms]:
+    """The points as a tensor on ``dev`` and the ELBO of each with its two terms and the
+    per-dimension view of the posterior (:class:`~aevb.diagnostics.BoundTerms`), ``batch_size``
+    points at a time."""
     g = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-        b = torch.cat(
-            [
-                model.elbo(xt[i : i + batch_size], est, samples, g)
-                for i in range(0, len(xt), batch_size)
-            ]
-        )
-    return xt, b
+        parts = [
+            model.bound_terms(xt[i : i + batch_size], est, samples, g).packed()
+            for i in range(0, len(xt), batch_size)
+        ]
+    return xt, BoundTerms.unpack(torch.cat(parts), model.config.latent_dim)
+
+
+def _terms(terms: BoundTerms) -> dict:
+    """The bound and its two terms with their standard errors, and the use of the latent space:
+    active units (Burda et al. 2015), the activity and mean KL of each dimension, the threshold."""
+    usage = latent_usage(terms.center, terms.kl_per_dim)
+    return {
+        "bound": float(terms.bound.mean()),
+        "bound_se": standard_error(terms.bound),
+        "reconstruction": float(terms.reconstruction.mean()),
+        "reconstruction_se": standard_error(terms.reconstruction),
+        "kl": float(terms.kl.mean()),
+        "kl_se": standard_error(terms.kl),
+        "active_units": usage.active_units,
+        "active_threshold": usage.threshold,
+        "activity": usage.activity,
+        "kl_per_dim": usage.kl_per_dim,
+    }
 
 
 def _which(which: str, model: str | None) -> str:

@@ -438,14 +438,20 @@ def plot(
     metric: str = "bound",
     title: str | None = None,
     since: int | None = None,
+    terms: bool = False,
 ) -> Path:
     """Bound-vs-samples curves of several runs on one figure (Figure 2 style), from metrics.jsonl.
 
     Train solid, test dashed, validation dotted. ``labels`` default to the run directories' names;
     runs trained with a weighted KL term are marked from their metrics (``kl_weight``).
-    ``metric`` may be "iwae_bound" or "log_likelihood" for runs that logged them. ``since``
+    ``metric`` may be "iwae_bound", "log_likelihood" or "reconstruction" (an auto-encoder's
+    log p(x|z=mu(x)), a VAE's E_q[log p(x|z)]) for runs that logged them. ``since``
     keeps the evaluations from that many training samples on (to see the end of long runs).
+    ``terms`` draws instead the bound's two terms, E_q[log p(x|z)] and KL(q(z|x) || p(z)), one
+    panel each (and the KL weight of runs trained with one: :func:`aevb.figures.terms_figure`).
     """
+    if terms and metric != "bound":
+        raise ConfigError(f"--terms draws the bound's two terms; drop --metric {metric}")
     if since is not None and since < 0:
         raise ConfigError(f"--since must be a sample count >= 0, got {since}")
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
@@ -467,11 +473,19 @@ def plot(
                     f"{d}: no evaluation at or after {since:,} samples; use a smaller --since"
                 )
         label = labels[i] if labels is not None else d.name
+        if terms and not any("train_kl" in r for r in records):
+            raise RunError(
+                f"{d / runs.METRICS}: no reconstruction and KL terms logged (runs without an "
+                "encoder-based bound, such as mcem, have none, nor do runs of older versions)"
+            )
         if any("kl_weight" in r for r in records):
             label += " (KL-weighted training)"
         curves.append((label, records))
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: use a .png file name")
+    if terms:
+        figures.plot_terms(curves, out, title=title or "The bound's two terms per datapoint")
+        return out
     figures.plot_curves(curves, out, title=title or "Lower bound per datapoint", metric=metric)
     return out

@@ -26,6 +26,7 @@ from ..data.memory import (
     fingerprint,
     is_in_memory,
 )
+from ..diagnostics import ACTIVE_THRESHOLD
 from ..errors import ConfigError, DataError, NumericalError, RunError
 from ..model import VAE, ModelConfig, default_estimator
 from ..options import declared
@@ -237,9 +238,15 @@ def _train_config(s: TrainSettings, progress: bool) -> TrainConfig:
     """The engine's configuration, with the settings' defaults resolved (estimator, minibatch)."""
     m, obj = s.model, s.objective
     estimator: str | None = obj.estimator
+    autoencoder = obj.algorithm == "autoencoder"
+    if autoencoder and estimator is not None:
+        raise ConfigError(
+            "the auto-encoder trains on log p(x|z=mu(x)) alone (no bound, no noise, no KL); "
+            "drop --estimator"
+        )
     if estimator is None:
         estimator = default_estimator(m.posterior, m.prior or m.posterior)
-        if progress:
+        if progress and not autoencoder:  # (recorded, unused by the auto-encoder)
             why = "analytic" if estimator == "B" else "no analytic"
             tqdm.write(
                 f"estimator {estimator} ({why} KL({m.posterior} || {m.prior or m.posterior}))"
@@ -543,7 +550,8 @@ def kl_mark(train_cfg: dict) -> str:
 
 
 def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
-    """Write figures/curves.png, samples.png, reconstructions.png (and manifold.png for 2-D z).
+    """Write figures/curves.png, samples.png, reconstructions.png, latent_usage.png (runs with an
+    encoder-based bound) and manifold.png (2-D z).
 
     They are drawn aside and written into the run as one change recorded in its manifest.
     """
@@ -555,14 +563,39 @@ def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
     return [run.path / name for name in files]
 
 
+def _latent_usage_figure(metrics: list[dict], label: str, fig_dir: Path) -> list[Path]:
+    """figures/latent_usage.png from the last evaluation's per-dimension KL and activity (test
+    split, else train); nothing for runs that logged none (no encoder-based bound)."""
+    last = metrics[-1] if metrics else {}
+    split = next((s for s in ("test", "train") if f"{s}_kl_per_dim" in last), None)
+    if split is None or f"{split}_activity" not in last:
+        return []
+    path = fig_dir / "latent_usage.png"
+    n, j = last[f"{split}_active_units"], len(last[f"{split}_kl_per_dim"])
+    title = (
+        f"{label}: {n} of {j} dimensions active ({split} split, "
+        f"{last.get('samples_seen', 0):,} samples)"
+    )
+    figures.plot_latent_usage(
+        path, last[f"{split}_kl_per_dim"], last[f"{split}_activity"], ACTIVE_THRESHOLD, title
+    )
+    return [path]
+
+
 def _draw_figures(run: Run, ds: Dataset | None, fig_dir: Path) -> list[Path]:
     model = run.model
     shape = model.config.image_shape
     written = []
     label = f"{run.config['data']['spec']}, N_z={model.config.latent_dim}"
     title = f"AEVB on {label}{kl_mark(run.config['train'])}"
-    figures.plot_curves([(label, run.metrics)], fig_dir / "curves.png", title=title)
+    metric = "bound"
+    if run.config["train"]["algorithm"] == "autoencoder":  # no bound: its reconstruction
+        title, metric = f"Auto-encoder on {label}", "reconstruction"
+    figures.plot_curves(
+        [(label, run.metrics)], fig_dir / "curves.png", title=title, metric=metric, terms=True
+    )
     written.append(fig_dir / "curves.png")
+    written += _latent_usage_figure(run.metrics, label, fig_dir)
     g = torch.Generator(device=model.device).manual_seed(0)
     figures.save_grid(
         fig_dir / "samples.png", model.sample(100, g), shape, 10, "samples from p(x|z), z ~ p(z)"
