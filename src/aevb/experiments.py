@@ -109,7 +109,7 @@ def protocol(figure: str, budget: str = "quick", mnist: str = "binarized-mnist")
     # Frey Face. Log-spaced evaluations give the curves.
     common = {
         "optimizer": "adagrad",
-        "lr": "auto",
+        "lr": 0.02 if budget == "smoke" else "auto",  # smoke: no trial (tested on its own)
         "batch_size": 100,
         "samples": 1,
         "budget": n,
@@ -145,7 +145,7 @@ def protocol(figure: str, budget: str = "quick", mnist: str = "binarized-mnist")
             "eval_marginal": "hmc",
             "eval_marginal_points": MARGINAL_POINTS[budget],
             # more points for the linear axis; few in the smoke test (each is an HMC estimate)
-            "eval_per_decade": 2 if budget == "smoke" else 6,
+            "eval_per_decade": 1 if budget == "smoke" else 6,
         }
         panels = [
             Panel(
@@ -270,16 +270,21 @@ def _train_curve(
     device: str,
     progress: bool,
     threads: int | None = None,
+    draw: bool = True,
 ) -> None:
-    """Train one curve to ``samples``: start it, resume it, or leave it if it is done."""
+    """Train one curve to ``samples``: start it, resume it, or leave it if it is done.
+
+    ``draw``: the run's own figures (the smoke protocol, which only proves the pipeline, skips
+    them: the reproduction's figure is drawn from every curve's metrics either way)."""
     if threads is not None:  # a worker process of a parallel reproduction
         torch.set_num_threads(threads)
     if _finished(run_dir, samples):
         return
+    common = {"device": device, "progress": progress, "draw_figures": draw}
     if (run_dir / runs.CONFIG).exists():
-        api.train(resume=run_dir, budget=samples, device=device, progress=progress)
+        api.train(resume=run_dir, budget=samples, **common)
     else:
-        api.train(out=run_dir, data_dir=data_dir, device=device, progress=progress, **options)
+        api.train(out=run_dir, data_dir=data_dir, **common, **options)
 
 
 def reproduce(
@@ -335,7 +340,15 @@ def reproduce(
                     else "training"
                 )
                 tqdm.write(f"{where(i, panel, curve)}: {state} in {run_dir}")
-            _train_curve(run_dir, curve.options, proto.samples, data_dir, device, progress)
+            _train_curve(
+                run_dir,
+                curve.options,
+                proto.samples,
+                data_dir,
+                device,
+                progress,
+                draw=proto.budget != "smoke",
+            )
     else:
         _train_parallel(proto, todo, data_dir, device, jobs, progress, where)
     summary = {"budget": budget, "mnist": mnist, "curves_copied_this_call": copied}
@@ -413,7 +426,15 @@ def _train_parallel(
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = {
             pool.submit(
-                _train_curve, d, c.options, proto.samples, data_dir, device, False, threads
+                _train_curve,
+                d,
+                c.options,
+                proto.samples,
+                data_dir,
+                device,
+                False,
+                threads,
+                proto.budget != "smoke",
             ): (i, p, c, d)
             for i, (p, c, d) in enumerate(todo, 1)
         }
