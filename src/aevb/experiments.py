@@ -280,7 +280,7 @@ def _train_curve(
         torch.set_num_threads(threads)
     if _finished(run_dir, samples):
         return
-    common = {"device": device, "progress": progress, "draw_figures": draw}
+    common: dict[str, Any] = {"device": device, "progress": progress, "draw_figures": draw}
     if (run_dir / runs.CONFIG).exists():
         api.train(resume=run_dir, budget=samples, **common)
     else:
