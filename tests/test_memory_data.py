@@ -79,6 +79,14 @@ def test_resume_and_evaluate_need_the_same_data_back(tmp_path, digits):
     assert whole["data"] == IN_MEMORY
 
 
+def test_a_run_on_part_of_its_training_set_resumes(tmp_path):
+    """--train-size cuts the training split after its fingerprint is taken, at resume as when
+    the run started: the resumed run is given the same data and continues."""
+    aevb.train("digits", tmp_path / "r", train_size=500, **RUN)
+    run = aevb.train(resume=tmp_path / "r", budget=2_000, progress=False, draw_figures=False)
+    assert run.metrics[-1]["samples_seen"] == 2_000 and run.config["data"]["n_train"] == 500
+
+
 def test_a_file_changed_after_training_is_refused(tmp_path, digits, capsys):
     path = tmp_path / "x.npy"
     np.save(path, digits)

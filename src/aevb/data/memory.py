@@ -145,10 +145,14 @@ def check_same_data(recorded: dict | None, ds: Dataset, what: str, fix: str) -> 
     """Refuse data whose splits differ from those a run recorded (runs before 0.3 recorded none).
 
     Only the splits present in both are compared: a named dataset loads just the splits asked for.
+    The dataset's own fingerprint, taken when it was loaded (before ``--train-size`` cut it, as
+    the run's was), is used where it has one; else the splits are hashed now.
     """
     if not recorded:
         return
-    now = fingerprint(ds, [s for s in recorded if s in ("train", "test", *ds.extra_splits)])
+    now = ds.fingerprint or fingerprint(
+        ds, [s for s in recorded if s in ("train", "test", *ds.extra_splits)]
+    )
     for split, digest in now.items():
         was = recorded.get(split)
         if was is None or was == digest:
