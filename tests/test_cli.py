@@ -202,7 +202,7 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, expect):
 
 def test_run_errors_exit_2(run_dir, tmp_path, capsys):
     assert main(["manifold", str(tmp_path), "--out", str(tmp_path / "m.png")]) == 2
-    # a 20-D model cannot draw a 2-D manifold
+    # a 20-D model has no dimension 20 to vary
     other = tmp_path / "r20"
     main(
         [
@@ -219,8 +219,10 @@ def test_run_errors_exit_2(run_dir, tmp_path, capsys):
         ]
     )
     capsys.readouterr()
-    assert main(["manifold", str(other), "--out", str(tmp_path / "m.png")]) == 2
-    assert "2-D latent space" in _errors(capsys)[0]
+    assert (
+        main(["manifold", str(other), "--dims", "0", "20", "--out", str(tmp_path / "m.png")]) == 2
+    )
+    assert "--dims takes two different dimensions from 0 to 19" in _errors(capsys)[0]
     # a truncated weights file is named, never a traceback
     w = other / runs.MODEL
     w.write_bytes(w.read_bytes()[:50])

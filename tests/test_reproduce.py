@@ -161,6 +161,25 @@ def test_figure4_smoke_draws_both_manifolds(smoke):
     values = _check_outputs(rep, 2)
     assert [r["latent_dim"] for r in values["rows"]] == [2, 2]
     assert [r["n_train"] for r in values["rows"]] == [1_769, 50_000]
+    # the manifold as it formed: each panel at its snapshot (1 000 samples) and at its end
+    budget = json.loads((rep.path / "budget.json").read_text())["rows"]
+    assert [(r["panel"], r["samples"]) for r in budget] == [
+        ("frey-nz2", 1_000),
+        ("frey-nz2", 2_000),
+        ("mnist-nz2", 1_000),
+        ("mnist-nz2", 2_000),
+    ]
+    for r in budget:
+        assert len(r["code_std"]) == 2 and all(v > 0 for v in r["code_std"])
+        assert r["evaluated_at"] <= r["samples"] and math.isfinite(r["test_bound"])
+    for key in ("frey-nz2", "mnist-nz2"):
+        w, h = _png_size(rep.path / f"{key}-budget.png")
+        assert w > h  # two manifolds side by side (one alone is taller than wide)
+    assert "codes' std per dimension" in (rep.path / "budget.md").read_text()
+    assert experiments.protocol("figure4", "paper").runs[0][1].options["snapshots"] == [
+        3_000_000,
+        10_000_000,
+    ]
 
 
 def test_figure5_smoke(smoke):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__, api, compat, distributed, experiments, runs, settings
 from .api.gradients import DEFAULT_DRAWS as GRADIENT_DRAWS
+from .api.tools import GRIDS as MANIFOLD_GRIDS
 from .config import load_config
 from .data import BINARIZE_MODES
 from .errors import AevbError, ConfigError
@@ -149,9 +150,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--which",
         "--model",
         dest="which",
-        choices=["last", "best"],
         default="last",
-        help="best: the model with the best validation bound (runs trained with --keep best)",
+        help="best: the model with the best validation bound (runs trained with --keep best); "
+        "N: the snapshot kept after N training samples (--snapshots)",
     )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
@@ -167,7 +168,27 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
 
     m = sub.add_parser("manifold", help="Figure 4: the learned 2-D manifold")
     m.add_argument("run_dir", metavar="RUNDIR")
-    m.add_argument("--grid", type=positive_int, default=20)
+    m.add_argument("--grid", type=positive_int, default=20, help="K x K tiles (default 20)")
+    m.add_argument(
+        "--grid-over",
+        choices=MANIFOLD_GRIDS,
+        default="prior",
+        help="prior: the paper's grid (the prior's quantiles); codes: between the 1%% and 99%% "
+        "quantiles of the training set's codes",
+    )
+    m.add_argument(
+        "--dims",
+        nargs=2,
+        type=int,
+        metavar=("I", "J"),
+        help="the two latent dimensions to vary, from 0 (default: the two with the largest KL); "
+        "the others are held at 0",
+    )
+    m.add_argument("--which", default="last", help="last, best, or a snapshot's sample count")
+    m.add_argument(
+        "--data", help="the data whose codes --grid-over codes follows (default: the run's)"
+    )
+    m.add_argument("--data-dir", help="where named datasets are kept")
     m.add_argument("--out", required=True, help="FILE.png or FILE.npy")
     m.set_defaults(func=_cmd_manifold)
 
@@ -537,7 +558,20 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifold(args: argparse.Namespace) -> int:
-    api.manifold(args.run_dir, args.grid, out=args.out)
+    found = api.manifold(
+        args.run_dir,
+        args.grid,
+        grid_over=args.grid_over,
+        dims=args.dims,
+        which=args.which,
+        data=args.data,
+        data_dir=args.data_dir,
+        out=args.out,
+    )
+    i, j = found.dims
+    if found.latents.shape[1] > 2:
+        rest = found.latents.shape[1] - 2
+        print(f"varied z{i + 1} and z{j + 1} (0-based {i}, {j}); the other {rest} held at 0")
     print(Path(args.out))
     return 0
 

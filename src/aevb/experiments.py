@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -41,6 +42,9 @@ EVAL_SIZE = {"smoke": 300, "quick": 10_000, "paper": 10_000}  # points per split
 # Figure 3's Appendix D estimate: the paper's 1 000 train and 1 000 test points at "paper".
 MARGINAL_POINTS = {"smoke": 8, "quick": 200, "paper": 1_000}
 GRID = {"smoke": 6, "quick": 20, "paper": 20}  # Figure 4: K x K manifold tiles
+# Figure 4 keeps its model at these counts too, so the manifold is seen forming: at "paper", the
+# quick budget's 3 * 10^6, then 10^7, beside the final 10^8 ("smoke" proves the pipeline).
+SNAPSHOT_SAMPLES = {"smoke": [1_000], "quick": [], "paper": [3_000_000, 10_000_000]}
 N_SAMPLES = {"smoke": 16, "quick": 100, "paper": 100}  # Figure 5: samples per panel
 
 ALGORITHM_LABELS = {"aevb": "AEVB", "wake-sleep": "Wake-Sleep", "mcem": "MCEM"}
@@ -157,9 +161,11 @@ def protocol(figure: str, budget: str = "quick", mnist: str = "binarized-mnist")
         ]
         return Protocol(figure, budget, n, tuple(panels), "log_likelihood", "curves", "Figure 3")
     if figure == "figure4":  # learned 2-D manifolds
+        kept = SNAPSHOT_SAMPLES[budget]
+        snap = {"snapshots": kept} if kept else {}
         panels = [
-            Panel("frey-nz2", "(a) Frey Face", curves(frey_opts, ("aevb",), latent_dim=2)),
-            Panel("mnist-nz2", "(b) MNIST", curves(mnist_opts, ("aevb",), latent_dim=2)),
+            Panel("frey-nz2", "(a) Frey Face", curves(frey_opts, ("aevb",), latent_dim=2, **snap)),
+            Panel("mnist-nz2", "(b) MNIST", curves(mnist_opts, ("aevb",), latent_dim=2, **snap)),
         ]
         return Protocol(figure, budget, n, tuple(panels), "bound", "manifold", "Figure 4")
     letters = "abcd"
@@ -203,7 +209,9 @@ def _finished(run_dir: Path, samples: int) -> bool:
 
 
 def _curve_key(curve: Curve, samples: int) -> str:
-    return json.dumps({"options": curve.options, "samples": samples}, sort_keys=True)
+    """What a curve trains; snapshots only keep copies of its model, so they do not count."""
+    options = {k: v for k, v in curve.options.items() if k != "snapshots"}
+    return json.dumps({"options": options, "samples": samples}, sort_keys=True)
 
 
 def _reusable(sources: list[Path], out: Path) -> dict[str, Path]:
@@ -397,9 +405,70 @@ def _write_results(
             "rows": rows,
         },
     )
+    if proto.kind == "manifold":
+        _write_budget_effect(proto, todo, out)
     if progress:
         tqdm.write(f"{figure}: figure {fig_path}, table {table}, values {js}")
     return Reproduction(out, fig_path, table, js, rows)
+
+
+def _write_budget_effect(proto: Protocol, todo: list[tuple[Panel, Curve, Path]], out: Path) -> None:
+    """Figure 4 as it formed: per panel, the manifold at each snapshot the run kept and at its
+    end (``<panel>-budget.png``), with the bound there and the spread of the codes per dimension
+    (``budget.json``, ``budget.md``). Nothing is written for runs without snapshots."""
+    rows: list[dict] = []
+    for panel, _curve, run_dir in todo:
+        kept: list[int | str] = list(runs.snapshots(run_dir))
+        if not kept:
+            continue
+        grids = []
+        metrics = runs.read_metrics(run_dir)
+        for which in [*kept, "last"]:
+            row = _snapshot_row(panel, run_dir, metrics, which)
+            k = GRID[proto.budget]
+            model = api.load(run_dir, which=which)
+            with torch.no_grad():
+                x = model.decode_mean(figures.manifold_latents(k))
+            image = figures.image_grid(x, model.config.image_shape, k, pad=0)
+            grids.append((f"{row['samples']:,} samples", image))
+            rows.append(row)
+        figures.plot_image_panels(grids, out / f"{panel.key}-budget.png", title=_plain(panel.title))
+    if rows:
+        runs.atomic_write_json(out / "budget.json", {"rows": rows})
+        runs.atomic_write_bytes(out / "budget.md", _budget_markdown(rows).encode())
+
+
+def _snapshot_row(panel: Panel, run_dir: Path, metrics: list[dict], which: int | str) -> dict:
+    """One model of a run: its samples, the last evaluation's test bound by then, and the
+    standard deviation over the training set of each dimension's posterior center."""
+    if which == "last":
+        samples = metrics[-1]["samples_seen"]
+    else:
+        _, meta = runs.load_run_tensors(run_dir, runs.snapshot_name(int(which)))
+        samples = int(meta["samples_seen"])
+    evals = [r for r in metrics if r["samples_seen"] <= samples and "test_bound" in r]
+    centers = api.encode(run_dir, split="train", which=which).center.astype(np.float64)
+    return {
+        "panel": panel.key,
+        "samples": samples,
+        "evaluated_at": evals[-1]["samples_seen"] if evals else None,
+        "test_bound": evals[-1]["test_bound"] if evals else None,
+        "test_bound_se": evals[-1].get("test_bound_se") if evals else None,
+        "code_std": [float(f"{v:.4g}") for v in centers.std(0)],
+    }
+
+
+def _budget_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| panel | samples | test bound (at the evaluation before) | codes' std per dimension |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        bound = _fmt(r["test_bound"], r["test_bound_se"])
+        at = f" (at {r['evaluated_at']:,})" if r["evaluated_at"] else ""
+        std = ", ".join(f"{v:.3g}" for v in r["code_std"])
+        lines.append(f"| {r['panel']} | {r['samples']:,} | {bound}{at} | {std} |")
+    return "\n".join(lines) + "\n"
 
 
 def _train_parallel(

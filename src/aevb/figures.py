@@ -146,6 +146,17 @@ def manifold_latents(grid: int) -> torch.Tensor:
     return torch.stack([z1, z2], dim=1).float()
 
 
+def box_latents(grid: int, lo: Sequence[float], hi: Sequence[float]) -> torch.Tensor:
+    """A K x K grid of cell centers of the box [lo_1, hi_1] x [lo_2, hi_2], laid out as
+    :func:`manifold_latents` (row r, column c; z2 grows upwards)."""
+    if grid < 2:
+        raise ConfigError(f"--grid must be at least 2, got {grid}")
+    u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    z1 = (lo[0] + u * (hi[0] - lo[0])).repeat(grid)
+    z2 = (lo[1] + u * (hi[1] - lo[1])).flip(0).repeat_interleave(grid)
+    return torch.stack([z1, z2], dim=1).float()
+
+
 def plot_curves(
     runs: Sequence[tuple[str, list[dict]]],
     path: str | Path,

@@ -67,6 +67,7 @@ STATE = "training_state.safetensors"
 METRICS = "metrics.jsonl"
 FIGURES = "figures"
 MANIFEST = "manifest.json"
+SNAPSHOTS = "snapshots"  # --snapshots: the model at chosen training-sample counts
 
 _PENDING = ".pending"
 _PROBE = ".write-test"
@@ -230,6 +231,18 @@ def _check_name(name: str) -> str:
     ):
         raise ValueError(f"bad file name {name!r}")
     return name
+
+
+def snapshot_name(samples: int) -> str:
+    """The file, inside a run, of its model as it was after ``samples`` training samples."""
+    return f"{SNAPSHOTS}/model-{samples}.safetensors"
+
+
+def snapshots(run_dir: str | Path) -> list[int]:
+    """The training-sample counts a run kept its model at (``--snapshots``), ascending."""
+    manifest = read_manifest(run_dir) or {"files": {}}
+    pat = re.compile(rf"{SNAPSHOTS}/model-(\d+)\.safetensors")
+    return sorted(int(m[1]) for name in manifest["files"] if (m := pat.fullmatch(name)))
 
 
 def _pending(run_dir: Path, name: str) -> Path:
@@ -440,7 +453,7 @@ def _roll_forward(run_dir: Path, manifest: dict) -> None:
 
 def _leftovers(run_dir: Path) -> list[Path]:
     out = []
-    for d in (run_dir, run_dir / FIGURES):
+    for d in (run_dir, run_dir / FIGURES, run_dir / SNAPSHOTS):
         if d.is_dir():
             out += [p for p in d.iterdir() if _LEFTOVER.match(p.name) or p.name == _PROBE]
     return out

@@ -36,6 +36,7 @@ from .options import (
     hints,
     option,
     positive,
+    positive_int,
     unknown_key,
     validate,
 )
@@ -55,6 +56,11 @@ else:
     Binarize = Literal[BINARIZE_MODES]
     Optimizer = Literal[tuple(LR_CANDIDATES)]
     Schedule = Literal[LR_SCHEDULES]
+
+
+def _sample_counts(text: str) -> list[int]:
+    """'3e6,1e7' -> [3000000, 10000000], sorted, each checked as a count."""
+    return sorted({positive_int(c.strip()) for c in text.split(",") if c.strip()})
 
 
 def _lr(text: str) -> float | str:
@@ -258,6 +264,14 @@ class CheckpointOptions(_Group):
     )
     checkpoint_samples: int | None = option(
         None, "also write a checkpoint after every N training samples", check=positive
+    )
+    snapshots: list[int] | None = option(
+        None,
+        "also keep the model as it was after each of these training-sample counts, e.g. "
+        "3e6,1e7 (RUNDIR/snapshots/model-N.safetensors; load one with which=N)",
+        parse=_sample_counts,
+        metavar="N,N,...",
+        check=lambda v: None if v and all(n >= 1 for n in v) else "positive sample counts",
     )
     keep: Literal["last", "best"] = option(
         "last", "best: also keep the model with the best validation bound (needs --validation)"

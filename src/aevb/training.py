@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -97,6 +97,11 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- evaluation records
+
+
+def _crossed(counts: list[int], samples_seen: int) -> int:
+    """How many of the sorted sample ``counts`` lie at or below ``samples_seen``."""
+    return sum(1 for n in counts if n <= samples_seen)
 
 
 def terms_record(split: str, terms: BoundTerms) -> dict:
@@ -420,8 +425,9 @@ class Trainer:
         self.should_stop = self.selection.stop  # a run stopped early (--patience) stays stopped
         self._rank_noise()
 
-    def checkpoint(self) -> None:
-        """Write training state and model as one crash-safe change (:func:`aevb.runs.commit`).
+    def checkpoint(self, snapshots: Sequence[int] = ()) -> None:
+        """Write training state and model as one crash-safe change (:func:`aevb.runs.commit`),
+        with the model also as each snapshot of ``snapshots`` (``--snapshots``) now due.
 
         Never from non-finite parameters: the steps since the last check are checked first, and
         the parameters themselves, so a fault leaves the last good checkpoint in place.
@@ -434,13 +440,10 @@ class Trainer:
             raise self._diverged(self.step_count, "parameters", float("nan"))
         tensors, meta = self.state()
         model_sd = {k: owned_tensor(v) for k, v in self.model.state_dict().items()}
-        runs.commit(
-            self.run_dir,
-            {
-                runs.STATE: runs.tensors_bytes(tensors, meta),
-                runs.MODEL: runs.tensors_bytes(model_sd, {"samples_seen": self.samples_seen}),
-            },
-        )
+        model = runs.tensors_bytes(model_sd, {"samples_seen": self.samples_seen})
+        files = {runs.STATE: runs.tensors_bytes(tensors, meta), runs.MODEL: model}
+        files.update({runs.snapshot_name(n): model for n in snapshots})
+        runs.commit(self.run_dir, files)
         self.last_good_step = self.step_count
         self._notify("on_checkpoint")
 
@@ -503,6 +506,7 @@ class Trainer:
             scheduled = c.lr_schedule != "constant"
             last_ckpt = time.monotonic()
             last_ckpt_samples = self.samples_seen
+            snapshots = sorted(n for n in c.snapshots or () if n > self.samples_seen)
             t0 = time.perf_counter()
             while self.step_count < total_steps:
                 epoch, pos = divmod(self.step_count, self.steps_per_epoch)
@@ -525,22 +529,27 @@ class Trainer:
                     self._notify("on_step_group", mean_bound, n_running * m)
                     running.zero_()
                     n_running = 0
+                due = [snapshots.pop(0) for _ in range(_crossed(snapshots, self.samples_seen))]
                 if pending and self.samples_seen >= pending[0]:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
                     records.append(self._log(self.evaluate()))
                     pending.pop(0)
-                    self.checkpoint()
+                    self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
                     if self.should_stop:  # early stopping (--patience), or a callback's stop
                         break
-                elif time.monotonic() - last_ckpt > c.checkpoint_seconds or (
-                    c.checkpoint_samples is not None
-                    and self.samples_seen - last_ckpt_samples >= c.checkpoint_samples
+                elif (
+                    due
+                    or time.monotonic() - last_ckpt > c.checkpoint_seconds
+                    or (
+                        c.checkpoint_samples is not None
+                        and self.samples_seen - last_ckpt_samples >= c.checkpoint_samples
+                    )
                 ):
                     self.seconds += time.perf_counter() - t0
-                    self.checkpoint()
+                    self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
         finally:

@@ -91,25 +91,23 @@ def _unstandardize(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     return x * std + mean
 
 
-def load(run_dir: str | Path, device: str = "cpu", which: str = "last") -> VAE:
+def load(run_dir: str | Path, device: str = "cpu", which: str | int = "last") -> VAE:
     """The trained model of a run directory (weights from model.safetensors; no pickle).
 
     ``which="best"`` loads best_model.safetensors, the model with the best validation bound of a
-    run trained with ``keep="best"``.
+    run trained with ``keep="best"``; ``which=N`` (a number of training samples) the snapshot a
+    run trained with ``snapshots=[..., N, ...]`` kept.
     """
     run_dir = Path(run_dir)
-    if which not in ("last", "best"):
-        raise ConfigError(f"unknown model {which!r}; choose last or best")
+    name = _weights_name(run_dir, which)
     cfg = runs.read_config(run_dir)
     try:
         mcfg = ModelConfig(**cfg["model"])
     except TypeError as e:
         raise RunError(f"{run_dir / runs.CONFIG}: bad model section ({e})") from None
     model = VAE(mcfg)
-    weights = run_dir / (runs.MODEL if which == "last" else BEST_MODEL)
-    if which == "best" and not runs.has_file(run_dir, BEST_MODEL):
-        raise RunError(f"{weights}: missing; the run was not trained with --keep best")
-    tensors, _ = runs.load_run_tensors(run_dir, weights.name)  # checked against the manifest
+    weights = run_dir / name
+    tensors, _ = runs.load_run_tensors(run_dir, name)  # checked against the manifest
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -119,13 +117,32 @@ def load(run_dir: str | Path, device: str = "cpu", which: str = "last") -> VAE:
     return model.to(resolve_device(device))
 
 
+def _weights_name(run_dir: Path, which: str | int) -> str:
+    """The run's file holding the model ``which`` names: last, best or a snapshot's count."""
+    if which == "last":
+        return runs.MODEL
+    if which == "best":
+        if not runs.has_file(run_dir, BEST_MODEL):
+            raise RunError(
+                f"{run_dir / BEST_MODEL}: missing; the run was not trained with --keep best"
+            )
+        return BEST_MODEL
+    if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+        kept = runs.snapshots(run_dir)
+        if int(which) not in kept:
+            have = ", ".join(f"{n:,}" for n in kept) or "none (train with --snapshots)"
+            raise RunError(f"{run_dir}: no snapshot at {int(which):,} samples; it kept {have}")
+        return runs.snapshot_name(int(which))
+    raise ConfigError(f"unknown model {which!r}; choose last, best or a snapshot's sample count")
+
+
 def _run_data(
     run_dir: Path,
     data: Any,
     split: str,
     data_dir: str | Path | None,
     binarize: str | None,
-    which: str = "last",
+    which: str | int = "last",
 ) -> tuple[VAE, np.ndarray, str, dict]:
     """The run's model and the split to evaluate: the run's own data, reloaded and checked
     against the fingerprint it recorded, or ``data`` (a spec, or data held in Python)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -81,7 +82,11 @@ class Manifold:
     decoded: np.ndarray
     """(K*K, D): the decoder means, in data units."""
     latents: np.ndarray
-    """(K*K, 2): the latent points (Phi^-1 of the unit square, or the prior's inverse CDF)."""
+    """(K*K, J): the latent points; ``dims`` vary over the grid, the others are 0."""
+    dims: tuple[int, int] = (0, 1)
+    """The two latent dimensions the grid varies (0-based): z_dims[0] across, z_dims[1] up."""
+    grid_over: str = "prior"
+    """"prior": the paper's grid (the prior's quantiles); "codes": the data's codes' quantiles."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,15 +132,18 @@ def _data(
     split: str | None,
     data_dir: str | Path | None,
     binarize: str | None,
+    which: str | int = "last",
 ) -> tuple[VAE, np.ndarray, dict]:
     """The run's model, model-space rows (``x``, or a split of a dataset) and config."""
     if x is None:
-        model, rows, _, cfg = _run_data(Path(run_dir), data, split or "test", data_dir, binarize)
+        model, rows, _, cfg = _run_data(
+            Path(run_dir), data, split or "test", data_dir, binarize, which
+        )
         return model, rows, cfg
     if data is not None or data_dir is not None or split is not None:
         raise ConfigError("give the data as x (an array) or as data/split/data_dir, not both")
     cfg = runs.read_config(run_dir)
-    model = load(run_dir)
+    model = load(run_dir, which=which)
     rows = _rows(x, model.config)
     stats = cfg["data"].get("standardize")
     if stats:  # the run's z-scores, from its training set (as a split of its data gets them)
@@ -169,42 +177,129 @@ def sample(
     return _numpy(x, cfg)
 
 
+GRIDS = ("prior", "codes")
+"""Where ``manifold`` lays its grid: the paper's (the prior's quantiles) or the data's codes."""
+
+
 def manifold(
     run_dir: str | Path,
     grid: int = 20,
     *,
+    grid_over: str = "prior",
+    dims: Sequence[int] | None = None,
+    quantiles: tuple[float, float] = (0.01, 0.99),
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+    which: str | int = "last",
     out: str | Path | None = None,
     model: VAE | None = None,
 ) -> Manifold:
-    """Figure 4: decoder means over a ``grid`` x ``grid`` grid of the 2-D latent space.
+    """Figure 4: decoder means over a ``grid`` x ``grid`` grid of two latent dimensions.
 
-    The grid is the unit square's cell centers through Phi^-1 (as
-    :func:`aevb.figures.manifold_latents`), or through the prior's inverse CDF for other priors.
-    ``model`` is the run's model where it is loaded already. With ``out`` the grid is also
-    written: a PNG, or .npy / .csv rows (the ``decoded`` array).
+    ``grid_over="prior"`` (the paper's) takes the unit square's cell centers through Phi^-1 (as
+    :func:`aevb.figures.manifold_latents`), or through the prior's inverse CDF for other priors;
+    it assumes the codes fill the prior. ``"codes"`` spans each axis between the ``quantiles`` of
+    the training set's posterior centers (the run's data, or ``data``), so every tile lies where
+    the data's codes do. ``dims`` names the two dimensions to vary (default: both of a 2-D space;
+    for more, the two with the largest KL); the others are held at zero, the prior's center.
+    ``which`` picks the model as :func:`aevb.load` does (last, best, or a snapshot's sample
+    count); ``model`` is the run's model where it is loaded already. With ``out`` the grid is
+    also written: a PNG, or .npy / .csv rows (the ``decoded`` array).
     """
-    model = model or load(run_dir)
-    if model.config.latent_dim != 2:
-        raise ConfigError(
-            f"manifold needs a 2-D latent space; this model has {model.config.latent_dim} "
-            "(train with --latent-dim 2)"
-        )
-    z = figures.manifold_latents(grid)
-    if model.config.prior != "normal":  # the same unit-square grid through the prior's icdf
-        try:
-            z = model.prior.icdf(0.5 * torch.erfc(-z.double() / math.sqrt(2.0))).float()
-        except NotImplementedError:
-            raise ConfigError(
-                f"manifold needs the prior's inverse CDF; the {model.config.prior!r} prior has "
-                "none in closed form"
-            ) from None
+    model = model or load(run_dir, which=which)
+    if grid_over not in GRIDS:
+        raise ConfigError(f"unknown --grid-over {grid_over!r}; choose one of {', '.join(GRIDS)}")
+    pair = _manifold_dims(run_dir, model, dims)
+    if grid_over == "prior":
+        plane, what = _prior_grid(model, grid, pair), "grid over the prior"
+    else:
+        lo, hi = _code_box(run_dir, model, pair, quantiles, data, data_dir)
+        plane = figures.box_latents(grid, lo, hi)
+        what = f"grid over the codes' {quantiles[0]:.0%}-{quantiles[1]:.0%} quantiles"
+    z = torch.zeros(grid * grid, model.config.latent_dim)
+    z[:, list(pair)] = plane
     with torch.no_grad():
         x = model.decode_mean(z.to(model.device))
     cfg = runs.read_config(run_dir)
     if out is not None:
         shape = model.config.image_shape
-        _write_image_or_array(Path(out), x, shape, grid, "learned manifold", cfg)
-    return Manifold(_numpy(x, cfg), z.cpu().numpy())
+        title = f"learned manifold ({what}"
+        if model.config.latent_dim > 2:
+            title += f"; z{pair[0] + 1}, z{pair[1] + 1} varied, the rest at 0"
+        _write_image_or_array(Path(out), x, shape, grid, title + ")", cfg)
+    return Manifold(_numpy(x, cfg), z.numpy(), pair, grid_over)
+
+
+def _prior_grid(model: VAE, grid: int, pair: tuple[int, int]) -> torch.Tensor:
+    """The paper's grid: the unit square's cell centers through the prior's inverse CDF."""
+    z = figures.manifold_latents(grid)
+    if model.config.prior == "normal":
+        return z
+    u = torch.full((grid * grid, model.config.latent_dim), 0.5, dtype=torch.float64)
+    u[:, list(pair)] = 0.5 * torch.erfc(-z.double() / math.sqrt(2.0))
+    try:
+        return model.prior.icdf(u).float()[:, list(pair)]
+    except NotImplementedError:
+        raise ConfigError(
+            f"manifold needs the prior's inverse CDF; the {model.config.prior!r} prior has "
+            "none in closed form (use --grid-over codes)"
+        ) from None
+
+
+def _manifold_dims(run_dir: str | Path, model: VAE, dims: Sequence[int] | None) -> tuple[int, int]:
+    """The two latent dimensions to vary: ``dims``, or the two the run's KL ranks highest."""
+    n = model.config.latent_dim
+    if n < 2:
+        raise ConfigError(f"manifold needs at least 2 latent dimensions; this model has {n}")
+    if dims is not None:
+        pair = tuple(int(d) for d in dims)
+        if len(pair) != 2 or pair[0] == pair[1] or not all(0 <= d < n for d in pair):
+            raise ConfigError(
+                f"--dims takes two different dimensions from 0 to {n - 1}, got {list(dims)}"
+            )
+        return pair[0], pair[1]
+    if n == 2:
+        return 0, 1
+    kl = _kl_per_dim(run_dir)
+    if kl is None:
+        raise ConfigError(
+            f"this run recorded no KL per dimension to choose 2 of its {n}; give --dims I J"
+        )
+    first, second = sorted(range(n), key=lambda d: -kl[d])[:2]
+    return min(first, second), max(first, second)
+
+
+def _kl_per_dim(run_dir: str | Path) -> list[float] | None:
+    """The KL per latent dimension at the run's last evaluation (training split first)."""
+    for rec in reversed(runs.read_metrics(run_dir)):
+        for key in ("train_kl_per_dim", "test_kl_per_dim", "validation_kl_per_dim"):
+            if key in rec:
+                return list(rec[key])
+    return None
+
+
+def _code_box(
+    run_dir: str | Path,
+    model: VAE,
+    pair: tuple[int, int],
+    quantiles: tuple[float, float],
+    data: str | None,
+    data_dir: str | Path | None,
+) -> tuple[list[float], list[float]]:
+    """The ``quantiles`` of the training set's posterior centers along the two dimensions."""
+    lo_q, hi_q = quantiles
+    if not 0.0 <= lo_q < hi_q <= 1.0:
+        raise ConfigError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
+    _, rows, _, _ = _run_data(Path(run_dir), data, "train", data_dir, None)
+    centers = []
+    with torch.no_grad():
+        for chunk in torch.from_numpy(rows).split(4096):
+            q = model.encoder.family.from_params(*model.encoder(chunk.to(model.device)))
+            centers.append(q.center()[:, list(pair)].double().cpu())
+    c = torch.cat(centers)
+    lo = torch.quantile(c, lo_q, dim=0).tolist()
+    hi = torch.quantile(c, hi_q, dim=0).tolist()
+    return lo, hi
 
 
 def reconstruct(
@@ -243,18 +338,20 @@ def encode(
     split: str | None = None,
     data_dir: str | Path | None = None,
     binarize: str | None = None,
+    which: str | int = "last",
     out: str | Path | None = None,
 ) -> Encoding:
     """The approximate posterior q(z|x) of every row of ``x`` or of a split (default "test").
 
-    ``binarize`` overrides the run's binarization of the data. With ``out`` the parameters are
-    also written: an .npz of the named arrays (mu, logvar; other families their own names) or an
-    .npy of their columns side by side ([mu, logvar]).
+    ``binarize`` overrides the run's binarization of the data; ``which`` picks the model as
+    :func:`aevb.load` does (last, best, or a snapshot's sample count). With ``out`` the
+    parameters are also written: an .npz of the named arrays (mu, logvar; other families their
+    own names) or an .npy of their columns side by side ([mu, logvar]).
     """
     suffix = Path(out).suffix.lower() if out is not None else None
     if suffix not in (None, ".npy", ".npz"):
         raise ConfigError(f"--out {out}: use a .npy or .npz file name")
-    model, rows, _ = _data(run_dir, x, data, split, data_dir, binarize)
+    model, rows, _ = _data(run_dir, x, data, split, data_dir, binarize, which)
     with torch.no_grad():
         params = model.encode(rows)
         center = model.encoder.family.from_params(*params).center()
