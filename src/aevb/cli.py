@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_info_parsers(sub)
     _add_gradients_parser(sub)
     _add_reproduce_parser(sub)
+    _add_explore_parser(sub)
     return parser
 
 
@@ -372,6 +373,33 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     rp.set_defaults(func=_cmd_reproduce)
 
 
+def _add_explore_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    xp = sub.add_parser(
+        "explore", help="the latent space in the browser: map, decoding, interpolation (local)"
+    )
+    xp.add_argument("run_dir", metavar="RUNDIR")
+    _data_args(xp, None)
+    xp.add_argument("--split", default="test", help="the points on the map (default test)")
+    xp.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; another one warns)",
+    )
+    xp.add_argument(
+        "--port",
+        type=bounded_int(0, 65535, "a port from 0 to 65535"),
+        default=0,
+        help="port (default 0: a free one; the URL is printed)",
+    )
+    xp.add_argument(
+        "--max-points",
+        type=bounded_int(2, 10**7, "a number from 2 to 10^7"),
+        default=10_000,
+        help="larger splits are thinned to this many points, evenly spaced (default 10000)",
+    )
+    xp.set_defaults(func=_cmd_explore)
+
+
 def _columns(value: str | list[str] | None) -> list[str] | None:
     """--columns a,b,c (or a list from a config file) as a list of names/indices."""
     if value is None or isinstance(value, list):
@@ -655,6 +683,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     card = api.info(args.run_dir)
     print(json.dumps(card, sort_keys=True) if args.json else api.render_info(card))
+    return 0
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    server = api.explore(
+        args.run_dir,
+        data=args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        max_points=args.max_points,
+    )
+    print(f"aevb explore: {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+        sys.stderr.write("aevb: explore stopped\n")
+        return 130
     return 0
 
 

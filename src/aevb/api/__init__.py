@@ -4,7 +4,8 @@ Its parts: :mod:`.common` (a run on disk, devices, :func:`load`), :mod:`.trainin
 (:func:`train` and what it needs), :mod:`.evaluation` (:func:`evaluate`), :mod:`.gradients`
 (:func:`gradients`: the estimators' gradient variance) and :mod:`.tools`
 (sampling, the manifold, reconstructions, encoding, decoding, interpolation, curves),
-:mod:`.exporting` (:func:`export`: ONNX and torch.export files) and :mod:`.card` (:func:`info`).
+:mod:`.exporting` (:func:`export`: ONNX and torch.export files), :mod:`.card` (:func:`info`) and
+:mod:`.exploring` (:func:`explore`: the latent space in the browser).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from .card import info, render_info
 from .common import Run, load, resolve_device
 from .evaluation import evaluate
+from .exploring import explore
 from .exporting import Export, export
 from .gradients import gradients, render_gradients
 from .tools import (
@@ -41,6 +43,7 @@ __all__ = [
     "draw_run_figures",
     "encode",
     "evaluate",
+    "explore",
     "export",
     "gradients",
     "info",

@@ -15,10 +15,13 @@ training (a stricter split than a random one).
 
 
 def load_digits() -> Dataset:
-    """1 797 images of 8x8 pixels, intensities 0..16 scaled to [0, 1]."""
+    """1 797 images of 8x8 pixels, intensities 0..16 scaled to [0, 1], with their digits 0-9 as
+    labels."""
     from sklearn.datasets import load_digits as _sk_digits
 
-    x = (_sk_digits().data / 16.0).astype(np.float32)
+    bunch = _sk_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = np.asarray(bunch.target, dtype=np.int64)
     return Dataset(
         name="digits",
         train=x[:N_TRAIN],
@@ -27,4 +30,5 @@ def load_digits() -> Dataset:
         default_likelihood="bernoulli",
         default_hidden=200,
         description="scikit-learn digits, 8x8, scaled to [0, 1]; 1500 train / 297 test",
+        labels={"train": y[:N_TRAIN], "test": y[N_TRAIN:]},
     )
