@@ -1,11 +1,14 @@
 """Training throughput: aevb's engine against a plain eager PyTorch loop and a matmul ceiling.
 
 Three contenders train the same model (an MLP VAE: D-H-N_z, Bernoulli on 784 pixels or Gaussian on
-560, estimator B unless told, L = 1, the N(0, I) weight prior as weight decay 1/N) on the same
+560, estimator B unless told, L = 1, the N(0, I) weight prior as weight decay 1/N; ``--depth``
+hidden layers of ``--hidden`` units with ``--activation``, one tanh layer unless told) on the same
 number of samples:
 
 - ``aevb``: the real training loop of ``aevb train`` (``Trainer.run`` driving the registered
   algorithm's ``step``; for AEVB that is the fast engine of :mod:`aevb.fast` where it applies);
+- ``autograd`` (on request, and with ``--modern``): the same loop on the autograd engine
+  (``--engine autograd``), so that the fast engine's gain is measured side by side;
 - ``plain``: a straightforward eager loop in the style of the official PyTorch VAE example
   (nn.Module, autograd, ``torch.optim.Adagrad`` with default settings, minibatches sliced from a
   tensor), with the same math; for ``--algorithm wake-sleep`` the same loop taking wake-sleep
@@ -29,6 +32,7 @@ spread (min..max) is printed with each median.
     python benchmarks/bench_train.py --table              # docs/PERFORMANCE.md's grid
     python benchmarks/bench_train.py --million            # wall time of 10^6 training samples
     python benchmarks/bench_train.py --algorithm wake-sleep --threads 1 --clock cpu
+    python benchmarks/bench_train.py --modern --threads 1   # 784-200-200-50 relu, Adam, + autograd
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ SHAPES = {
 }
 CONTENDERS = ("aevb", "plain", "ceiling")
 PLAIN_ALGORITHMS = ("aevb", "wake-sleep")  # algorithms with a plain loop
+MODERN = (
+    *("--data", "mnist", "--latent", "50", "--hidden", "200", "--depth", "2"),
+    *("--activation", "relu", "--optimizer", "adam", "--contenders", "aevb,autograd,plain,ceiling"),
+)  # docs/REPRODUCTION.md's modern benchmark model, 784-200-200-50, with ReLU
+
+
+def hidden_units(spec: dict) -> int:
+    """Units per hidden layer: --hidden, else the dataset's (the paper's)."""
+    return spec.get("hidden") or SHAPES[spec["data"]][1]
 
 
 # =========================================================================== workers
@@ -81,7 +94,8 @@ class AevbWorker:
         from aevb.algorithms import ALGORITHMS
         from aevb.model import VAE, ModelConfig
 
-        d, h, lik, _ = SHAPES[spec["data"]]
+        d, _, lik, _ = SHAPES[spec["data"]]
+        h = hidden_units(spec)
         x = _synthetic_data(torch, spec).to(spec["device"])
         tcfg = training.TrainConfig(
             algorithm=spec["algorithm"],
@@ -93,7 +107,14 @@ class AevbWorker:
             engine=spec["engine"],
             budget=10**12,
         )
-        mcfg = ModelConfig(x_dim=d, latent_dim=spec["latent"], hidden=h, likelihood=lik)
+        mcfg = ModelConfig(
+            x_dim=d,
+            latent_dim=spec["latent"],
+            hidden=h,
+            depth=spec.get("depth", 1),
+            activation=spec.get("activation", "tanh"),
+            likelihood=lik,
+        )
         model = VAE(mcfg)
         model.init_parameters(0.01, torch.Generator().manual_seed(1))
         model = model.to(spec["device"])
@@ -117,25 +138,31 @@ class PlainWorker:
         import torch.nn.functional as F
         from torch import nn
 
-        d, h, lik, n = SHAPES[spec["data"]]
-        j = spec["latent"]
+        d, _, lik, n = SHAPES[spec["data"]]
+        h, j = hidden_units(spec), spec["latent"]
         L, est = spec["samples"], spec["estimator"]
         gaussian = lik == "gaussian"
         device = spec["device"]
+        act = torch.relu if spec.get("activation", "tanh") == "relu" else torch.tanh
+        more = spec.get("depth", 1) - 1  # hidden layers past the first, in each network
 
         class VAE(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.fc1 = nn.Linear(d, h)
+                self.fc1_more = nn.ModuleList(nn.Linear(h, h) for _ in range(more))
                 self.fc21 = nn.Linear(h, j)
                 self.fc22 = nn.Linear(h, j)
                 self.fc3 = nn.Linear(j, h)
+                self.fc3_more = nn.ModuleList(nn.Linear(h, h) for _ in range(more))
                 self.fc4 = nn.Linear(h, d)
                 if gaussian:
                     self.fc5 = nn.Linear(h, d)
 
             def encode(self, x):
-                h1 = torch.tanh(self.fc1(x))
+                h1 = act(self.fc1(x))
+                for fc in self.fc1_more:
+                    h1 = act(fc(h1))
                 return self.fc21(h1), self.fc22(h1)
 
             def reparameterize(self, mu, logvar):
@@ -144,7 +171,9 @@ class PlainWorker:
                 return mu + eps * std
 
             def decode(self, z):
-                h3 = torch.tanh(self.fc3(z))
+                h3 = act(self.fc3(z))
+                for fc in self.fc3_more:
+                    h3 = act(fc(h3))
                 if gaussian:
                     return torch.sigmoid(self.fc4(h3)), self.fc5(h3)
                 return (torch.sigmoid(self.fc4(h3)),)
@@ -238,8 +267,8 @@ class CeilingWorker:
     """Every matrix product of one training step back to back, plus one fused optimizer pass."""
 
     def __init__(self, torch, spec: dict) -> None:
-        d, h, lik, n = SHAPES[spec["data"]]
-        j, m, L = spec["latent"], spec["M"], spec["samples"]
+        d, _, lik, n = SHAPES[spec["data"]]
+        h, j, m, L = hidden_units(spec), spec["latent"], spec["M"], spec["samples"]
         nd = 2 * d if lik == "gaussian" else d
         kw = {"device": spec["device"], "dtype": torch.float32}
 
@@ -253,10 +282,32 @@ class CeilingWorker:
         h1, e, h2, o = r(m, h), r(m, 2 * j), r(L * m, h), r(L * m, nd)
         gh2, gz, gh1 = r(L * m, h), r(L * m, j), r(m, h)
         gW1, gWe, gWd1, gWd2 = r(h, d), r(2 * j, h), r(h, j), r(nd, h)
-        n_params = h * d + h + 2 * j * h + 2 * j + h * j + h + nd * h + nd
+        more = spec.get("depth", 1) - 1  # hidden-to-hidden layers in each network
+        n_params = h * d + h + 2 * j * h + 2 * j + h * j + h + nd * h + nd + 2 * more * (h * h + h)
         flat, grad, acc = r(n_params), r(n_params), torch.zeros(n_params, **kw)
-        step = torch.zeros((), device=spec["device"])
         mm = torch.mm
+
+        def deeper(rows: int):
+            """The hidden-to-hidden layers of one network on `rows` rows: forward (one product
+            each) and backward (weight gradient and input gradient)."""
+            Ws, gWs = [r(h, h) for _ in range(more)], [r(h, h) for _ in range(more)]
+            a, b = r(rows, h), r(rows, h)
+
+            def forward():
+                for W in Ws:
+                    mm(a, W.t(), out=b)
+
+            def backward():
+                for W, gW in zip(Ws, gWs, strict=True):
+                    mm(b.t(), a, out=gW)
+                    mm(b, W, out=a)
+
+            return forward, backward
+
+        enc_fwd, enc_bwd = deeper(m)
+        dec_fwd, dec_bwd = deeper(L * m)
+        dec2_fwd, _ = deeper(2 * m)  # wake-sleep: the decoder on [z; z_d]
+        step = torch.zeros((), device=spec["device"])
         if spec["optimizer"] == "adagrad":
 
             def update():
@@ -277,30 +328,39 @@ class CeilingWorker:
 
         def wake_sleep_step():
             mm(x, W1.t(), out=h1)  # wake: encoder forward
+            enc_fwd()
             mm(h1, We.t(), out=e)
             mm(zz, Wd1.t(), out=hh)  # decoder forward on the wake and the dream latents
+            dec2_fwd()
             mm(hh, Wd2.t(), out=oo)
             mm(o.t(), h2, out=gWd2)  # wake: decoder backward (no gradient to z)
             mm(o, Wd2, out=gh2)
+            dec_bwd()
             mm(gh2.t(), z, out=gWd1)
             mm(x, W1.t(), out=h1)  # sleep: encoder forward on the dreams, and backward
+            enc_fwd()
             mm(h1, We.t(), out=e)
             mm(e.t(), h1, out=gWe)
             mm(e, We, out=gh1)
+            enc_bwd()
             mm(gh1.t(), x, out=gW1)
             update()
 
         def one_step():
             mm(x, W1.t(), out=h1)  # encoder hidden
+            enc_fwd()  # (depth > 1) the encoder's further hidden layers
             mm(h1, We.t(), out=e)  # encoder heads
             mm(z, Wd1.t(), out=h2)  # decoder hidden
+            dec_fwd()
             mm(h2, Wd2.t(), out=o)  # decoder heads
             mm(o.t(), h2, out=gWd2)  # backward: weight gradients and input gradients
             mm(o, Wd2, out=gh2)
+            dec_bwd()
             mm(gh2.t(), z, out=gWd1)
             mm(gh2, Wd1, out=gz)
             mm(e.t(), h1, out=gWe)
             mm(e, We, out=gh1)
+            enc_bwd()
             mm(gh1.t(), x, out=gW1)
             update()
 
@@ -315,6 +375,7 @@ class CeilingWorker:
 
 WORKERS = {
     "aevb": AevbWorker,
+    "autograd": lambda torch, spec: AevbWorker(torch, {**spec, "engine": "autograd"}),
     "plain": PlainWorker,
     "ceiling": CeilingWorker,
     "ref-aevb": lambda torch, spec: AevbWorker(torch, {**spec, "algorithm": "aevb"}),
@@ -449,9 +510,11 @@ def bench(spec: dict, reps: int, chunk: int, contenders=CONTENDERS) -> dict:
 
 
 def describe(spec: dict) -> str:
-    d, h, lik, n = SHAPES[spec["data"]]
+    d, _, lik, n = SHAPES[spec["data"]]
+    hidden = "-".join([str(hidden_units(spec))] * spec.get("depth", 1))
     return (
-        f"{spec['data']} shapes ({d}-{h}-{spec['latent']} {lik}, N={n}), M={spec['M']}, "
+        f"{spec['data']} shapes ({d}-{hidden}-{spec['latent']} {lik}, "
+        f"{spec.get('activation', 'tanh')}, N={n}), M={spec['M']}, "
         f"L={spec['samples']}, estimator {spec['estimator']}, {spec['optimizer']}, "
         f"algorithm {spec['algorithm']}, device {spec['device']}, "
         f"threads {spec['threads'] or 'default'}, {spec['clock']} clock"
@@ -483,6 +546,12 @@ def report(spec: dict, res: dict, reps: int, chunk: int) -> None:
             f"them alike): aevb / plain {rounds['aevb/plain']:.2f}x, aevb / ceiling "
             f"{100 * rounds['aevb/ceiling']:.0f}%, ceiling / plain {rounds['ceiling/plain']:.2f}x "
             "(the most a step bounded by the ceiling can gain on the plain loop)"
+        )
+    if "autograd" in res and "aevb" in res:
+        a, g = res["aevb"]["rates"], res["autograd"]["rates"]
+        print(
+            f"aevb's engine / the autograd engine, per round: "
+            f"{statistics.median(x / y for x, y in zip(a, g, strict=True)):.2f}x"
         )
     if "ref-aevb" in res and "aevb" in res:
         a, ref = res["aevb"], res["ref-aevb"]
@@ -578,6 +647,14 @@ def main(argv=None) -> None:
     ap.add_argument("--data", choices=sorted(SHAPES), default="mnist", help="dataset shapes")
     ap.add_argument("-M", "--batch-size", type=int, default=100, dest="M")
     ap.add_argument("--latent", type=int, default=20, help="N_z")
+    ap.add_argument("--hidden", type=int, default=0, help="units per hidden layer (0: the data's)")
+    ap.add_argument("--depth", type=int, default=1, help="hidden layers per network (>= 1)")
+    ap.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
+    ap.add_argument(
+        "--modern",
+        action="store_true",
+        help="the modern benchmark's model: " + " ".join(MODERN) + " (later flags override)",
+    )
     ap.add_argument("--samples", type=int, default=1, help="L, samples per datapoint")
     ap.add_argument("--estimator", choices=("A", "B"), default="B")
     ap.add_argument("--optimizer", choices=("adagrad", "adam"), default="adagrad")
@@ -604,6 +681,10 @@ def main(argv=None) -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.modern:  # the preset first, so that flags given explicitly override it
+        args = ap.parse_args([*MODERN, *(sys.argv[1:] if argv is None else argv)])
+    if args.depth < 1:
+        ap.error("--depth takes a number of hidden layers >= 1")
     if args.worker:
         worker_main(args.worker, json.loads(args.spec))
         return
@@ -614,6 +695,9 @@ def main(argv=None) -> None:
         "data": args.data,
         "M": args.M,
         "latent": args.latent,
+        "hidden": args.hidden,
+        "depth": args.depth,
+        "activation": args.activation,
         "samples": args.samples,
         "estimator": args.estimator,
         "optimizer": args.optimizer,

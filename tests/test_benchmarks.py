@@ -33,7 +33,7 @@ def rows(out: str) -> dict[str, list[str]]:
     """Contender rows of a report: name -> its columns."""
     found = {}
     for line in out.splitlines():
-        m = re.match(r"^(aevb|plain|ceiling|ref-aevb|ref-ceiling)\b(?: \[(\w+)\])?\s+(.*)$", line)
+        m = re.match(r"^(aevb|autograd|plain|ceiling|ref-aevb|ref-ceiling)\b(?: \[(\w+)\])?\s+(.*)$", line)
         if m:
             found[m.group(1)] = [m.group(2) or "", *m.group(3).split()]
     return found
@@ -57,6 +57,18 @@ def test_bench_train_quick_reports_three_contenders():
     )
     assert m, r.stdout
     assert float(m.group(1)) > 0 and int(m.group(2)) > 0 and float(m.group(3)) > 0
+
+
+def test_bench_train_modern_runs_the_deeper_model_on_both_engines():
+    """--modern: the 784-200-200-50 ReLU model, aevb's fast engine beside the autograd engine."""
+    two = ("--contenders", "aevb,autograd")  # the plain loop and the ceiling: the test above
+    r = run_bench(str(BENCH / "bench_train.py"), "--modern", "--quick", *two, "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    got = rows(r.stdout)
+    assert set(got) == {"aevb", "autograd"}
+    assert got["aevb"][0] == "fast" and got["autograd"][0] == "autograd"
+    assert re.search(r"aevb's engine / the autograd engine, per round: ([\d.]+)x", r.stdout)
+    assert "(784-200-200-50 bernoulli, relu" in r.stdout
 
 
 def test_bench_train_wake_sleep_on_frey_adds_aevb_reference_rows():

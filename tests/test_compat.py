@@ -248,10 +248,10 @@ def test_fallback_run_resumes_to_the_uninterrupted_run(fallbacks, tmp_path, monk
     real_checkpoint = training.Trainer.checkpoint
     calls = {"n": 0}
 
-    def crashing_checkpoint(self):
+    def crashing_checkpoint(self, *args):
         assert self.alg.engine == "fast"
         assert self.alg.fast._fused_adagrad_ is compat.adagrad_fallback_
-        real_checkpoint(self)
+        real_checkpoint(self, *args)
         calls["n"] += 1
         if calls["n"] == 3:
             raise _Crash

@@ -34,12 +34,14 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-CASES = list(itertools.product(("bernoulli", "gaussian"), ("tanh", "relu"), ("A", "B"), (1, 3)))
+CASES = list(
+    itertools.product(("bernoulli", "gaussian"), ("tanh", "relu"), ("A", "B"), (1, 3), (1, 2, 3))
+)
 
 
-@pytest.mark.parametrize("likelihood,activation,estimator,samples", CASES)
-def test_gradients_match_autograd_float64(likelihood, activation, estimator, samples):
-    model = make_model(likelihood, activation)
+@pytest.mark.parametrize("likelihood,activation,estimator,samples,depth", CASES)
+def test_gradients_match_autograd_float64(likelihood, activation, estimator, samples, depth):
+    model = make_model(likelihood, activation, depth=depth)
     x = make_data(likelihood, torch.float64)
     ref, ref_bound = reference_gradients(model, x, estimator, samples, seed=5)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
@@ -56,10 +58,11 @@ def test_gradients_match_autograd_float64(likelihood, activation, estimator, sam
 
 
 @pytest.mark.parametrize(
-    "likelihood,estimator,samples", [("bernoulli", "B", 1), ("gaussian", "A", 2)]
+    "likelihood,estimator,samples,depth",
+    [("bernoulli", "B", 1, 1), ("gaussian", "A", 2, 1), ("bernoulli", "B", 1, 2)],
 )
-def test_gradients_match_autograd_float32(likelihood, estimator, samples):
-    model = make_model(likelihood, "tanh", torch.float32)
+def test_gradients_match_autograd_float32(likelihood, estimator, samples, depth):
+    model = make_model(likelihood, "tanh", torch.float32, depth=depth)
     x = make_data(likelihood, torch.float32)
     ref, _ = reference_gradients(model, x, estimator, samples, seed=5)
     fast = FastStep(model, torch.optim.Adagrad(model.parameters()), estimator, samples)
@@ -69,24 +72,37 @@ def test_gradients_match_autograd_float32(likelihood, estimator, samples):
         assert rel_err(g, ref[name]) < 1e-5, name
 
 
-def _algorithms(optimizer, likelihood, estimator="B", samples=1, n_train=600):
+def _algorithms(
+    optimizer, likelihood, estimator="B", samples=1, n_train=600, depth=1, activation="tanh"
+):
     """The same model twice: AEVB on the fast engine and AEVB on autograd."""
     out = []
     for engine in ("fast", "autograd"):
         cfg = TrainConfig(
             optimizer=optimizer, engine=engine, estimator=estimator, samples=samples, lr=0.02
         )
-        out.append(AEVB(make_model(likelihood), cfg, n_train, 0.02))
+        model = make_model(likelihood, activation, depth=depth)
+        out.append(AEVB(model, cfg, n_train, 0.02))
     assert out[0].engine == "fast" and out[1].engine == "autograd"
     return out
 
 
 @pytest.mark.parametrize(
-    "optimizer,likelihood,estimator,samples",
-    [("adagrad", "bernoulli", "B", 1), ("adam", "gaussian", "A", 2), ("adam", "bernoulli", "B", 1)],
+    "optimizer,likelihood,estimator,samples,depth,activation",
+    [
+        ("adagrad", "bernoulli", "B", 1, 1, "tanh"),
+        ("adam", "gaussian", "A", 2, 1, "tanh"),
+        ("adam", "bernoulli", "B", 1, 1, "tanh"),
+        ("adam", "bernoulli", "B", 1, 2, "relu"),
+        ("adagrad", "gaussian", "B", 1, 2, "tanh"),
+        ("adagrad", "bernoulli", "A", 3, 3, "relu"),
+        ("adam", "gaussian", "A", 1, 3, "tanh"),
+    ],
 )
-def test_k_steps_match_autograd_and_torch_optimizer(optimizer, likelihood, estimator, samples):
-    fast, ref = _algorithms(optimizer, likelihood, estimator, samples)
+def test_k_steps_match_autograd_and_torch_optimizer(
+    optimizer, likelihood, estimator, samples, depth, activation
+):
+    fast, ref = _algorithms(optimizer, likelihood, estimator, samples, 600, depth, activation)
     g_fast, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     data = make_data(likelihood, torch.float64, n=10 * M, seed=4)
     for k in range(10):
@@ -94,7 +110,7 @@ def test_k_steps_match_autograd_and_torch_optimizer(optimizer, likelihood, estim
         b_fast, b_ref = fast.step(xb, g_fast), ref.step(xb, g_ref)
         assert b_fast.shape == () and abs(float(b_fast - b_ref)) < 1e-9 * abs(float(b_ref))
     moved = 0.0
-    p_init = dict(make_model(likelihood).named_parameters())
+    p_init = dict(make_model(likelihood, activation, depth=depth).named_parameters())
     for (name, p), q in zip(fast.model.named_parameters(), ref.model.parameters(), strict=True):
         assert rel_err(p.detach(), q.detach()) < 1e-9, name
         moved = max(moved, float((q.detach() - p_init[name].detach()).abs().max()))
@@ -130,15 +146,19 @@ def test_state_dict_reflects_training_and_saves():
         assert rel_err(p.detach(), q.detach()) < 1e-9
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
-def test_checkpoint_resume_is_bitwise_exact(tmp_path, optimizer):
+@pytest.mark.parametrize(
+    "optimizer,depth,activation",
+    [("adagrad", 1, "tanh"), ("adam", 1, "tanh"), ("adam", 2, "relu"), ("adagrad", 3, "tanh")],
+)
+def test_checkpoint_resume_is_bitwise_exact(tmp_path, optimizer, depth, activation):
     """Trainer state through safetensors and back: the resumed run equals the uninterrupted one."""
     data = make_data("bernoulli", torch.float32, n=240, seed=7)
     cfg = TrainConfig(optimizer=optimizer, lr=0.02, budget=1200, batch_size=M, engine="fast")
 
     def trainer(budget):
         c = TrainConfig(**{**cfg.to_dict(), "budget": budget})
-        alg = AEVB(make_model(dtype=torch.float32), c, len(data), 0.02)
+        model = make_model(activation=activation, dtype=torch.float32, depth=depth)
+        alg = AEVB(model, c, len(data), 0.02)
         assert alg.engine == "fast"
         return Trainer(alg, data, None, c, progress=False, evaluate_points=False)
 
@@ -163,10 +183,11 @@ def test_fast_checkpoint_continues_on_autograd():
         assert rel_err(p.detach(), q.detach()) < 1e-9
 
 
-def test_deterministic_under_seed():
+@pytest.mark.parametrize("depth,activation", [(1, "tanh"), (2, "relu"), (3, "tanh")])
+def test_deterministic_under_seed(depth, activation):
     runs_ = []
     for _ in range(2):
-        fast, _ = _algorithms("adagrad", "gaussian")
+        fast, _ = _algorithms("adagrad", "gaussian", depth=depth, activation=activation)
         g = torch.Generator().manual_seed(11)
         x = make_data("gaussian", torch.float64)
         bounds = [float(fast.step(x, g)) for _ in range(3)]
@@ -176,13 +197,19 @@ def test_deterministic_under_seed():
 
 
 def test_engine_choice_and_fallback():
-    deep = make_model(depth=2)
-    assert "depth" in unsupported_reason(deep)
-    alg = AEVB(deep, TrainConfig(lr=0.01), 600, 0.01)
-    assert alg.engine == "autograd" and "depth 2" in alg.engine_note
+    for depth in (2, 3):  # deep MLPs train on the fast engine
+        assert unsupported_reason(make_model(depth=depth)) is None
+        assert AEVB(make_model(depth=depth), TrainConfig(lr=0.01), 600, 0.01).engine == "fast"
+    shallow = make_model(depth=0)  # no hidden layer: autograd
+    assert "depth" in unsupported_reason(shallow)
+    alg = AEVB(shallow, TrainConfig(lr=0.01), 600, 0.01)
+    assert alg.engine == "autograd" and "depth 0" in alg.engine_note
     with pytest.raises(ConfigError, match="depth"):
-        AEVB(make_model(depth=2), TrainConfig(lr=0.01, engine="fast"), 600, 0.01)
+        AEVB(make_model(depth=0), TrainConfig(lr=0.01, engine="fast"), 600, 0.01)
     assert "softplus" in unsupported_reason(make_model(activation="softplus"))
+    odd = make_model(depth=2)  # a trunk whose modules are not the config's: not the standard MLP
+    odd.decoder.net.trunk[3] = torch.nn.Softplus()
+    assert "standard MLP" in unsupported_reason(odd)
     assert AEVB(make_model(), TrainConfig(lr=0.01, engine="autograd"), 600, 0.01).fast is None
     with pytest.raises(ConfigError, match="engine"):
         TrainConfig(engine="turbo")
@@ -208,8 +235,9 @@ def test_cuda_request_without_gpu_fails_clearly():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu():
-    model = make_model("gaussian")
+@pytest.mark.parametrize("depth", [1, 2])
+def test_cuda_matches_cpu(depth):
+    model = make_model("gaussian", depth=depth)
     x = make_data("gaussian", torch.float64)
     model = model.cuda()
     fast = FastStep(model, torch.optim.Adagrad(model.parameters(), fused=True), "B", 2)
@@ -231,9 +259,14 @@ def test_tune_allocator_keeps_freed_memory():
     for _ in range(3):
         t = torch.ones(1 << 20)  # 4 MiB, above glibc's default mmap threshold of 128 KiB
         del t
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        t = torch.ones(1 << 20)
-        del t
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 1000  # untuned: ~1024 page faults per allocation, 10 240 in all
+
+    def faults() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            t = torch.ones(1 << 20)
+            del t
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    # untuned: ~1024 page faults per allocation, 10 240 in all; the best of three rounds, as the
+    # process-wide count also takes other threads' faults (earlier tests leave threads behind)
+    assert min(faults() for _ in range(3)) < 1000

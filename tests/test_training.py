@@ -60,8 +60,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     real_checkpoint = training.Trainer.checkpoint
     calls = {"n": 0}
 
-    def crashing_checkpoint(self):
-        real_checkpoint(self)
+    def crashing_checkpoint(self, *args):
+        real_checkpoint(self, *args)
         calls["n"] += 1
         if calls["n"] == 4:  # die right after the 4th checkpoint, mid-run
             raise _Crash

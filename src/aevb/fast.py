@@ -1,4 +1,4 @@
-"""The fast AEVB step: a hand-written forward and backward pass for the one-hidden-layer MLP VAE.
+"""The fast AEVB step: a hand-written forward and backward pass for the MLP VAE.
 
 :class:`FastStep` computes exactly the estimator of :mod:`aevb.estimators` (SGVB A or B, L >= 1,
 the same noise drawn from the same generator in the same order) and the same optimizer update, but
@@ -12,7 +12,11 @@ without autograd's graph and without allocating anything per step:
   allocator's work this avoids glibc returning large blocks to the system and faulting them back
   in on the next step, which costs a plain eager loop a third of its time on CPU;
 - scale factors (1/(M L)) are folded into the ``alpha`` of the matrix products, and the activation
-  derivative is one ``tanh_backward`` / ``threshold_backward`` kernel.
+  derivative is one ``tanh_backward`` / ``threshold_backward`` kernel per hidden layer.
+
+The encoder and the decoder are each a trunk of hidden layers (one or more: the model's depth)
+and a linear head; the forward pass runs up the trunk and the backward pass down it, layer by
+layer, each hidden layer with its own preallocated output and gradient buffers.
 
 The engine is an implementation detail of :class:`aevb.algorithms.AEVB`: the module's parameters
 and the torch optimizer's state tensors stay the canonical ones (they are views into the flat
@@ -20,11 +24,11 @@ buffers), so ``model.state_dict()``, ``optimizer.state_dict()``, checkpoints and
 same as with the autograd step. If someone replaces them (``load_state_dict`` of the optimizer,
 ``model.to(...)``), the next step notices and re-adopts them.
 
-Covered: depth-1 MLPs with tanh or relu, Gaussian posterior and N(0, I) prior, Bernoulli or Gaussian
-decoder, estimators A and B, any L, Adagrad or Adam as built by
-:func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I) weight prior), float32 or
-float64, CPU or CUDA (no host
-synchronisation: the step returns a 0-d tensor). Everything else falls back to autograd; see
+Covered: MLPs of any depth >= 1 (hidden layers in the encoder and decoder trunks) with tanh or
+relu, Gaussian posterior and N(0, I) prior, Bernoulli or Gaussian decoder, estimators A and B, any
+L, Adagrad or Adam as built by :func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I)
+weight prior), float32 or float64, CPU or CUDA (no host synchronisation: the step returns a 0-d
+tensor). Everything else (depth 0 among it) falls back to autograd; see
 :func:`unsupported_reason`. :class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
 """
 
@@ -72,6 +76,7 @@ def tune_allocator() -> bool:
 
 
 ACTIVATIONS = ("tanh", "relu")
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 LIKELIHOODS = ("bernoulli", "gaussian")
 OPTIMIZERS = {torch.optim.Adagrad: "adagrad", torch.optim.Adam: "adam"}
 
@@ -81,8 +86,8 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
     c = getattr(model, "config", None)
     if c is None:
         return "the model has no ModelConfig"
-    if c.depth != 1:
-        return f"the fast step covers depth 1 and this model has depth {c.depth}"
+    if c.depth < 1:
+        return f"the fast step covers depth >= 1 and this model has depth {c.depth}"
     if c.activation not in ACTIVATIONS:
         return f"the fast step covers activations {ACTIVATIONS}, not {c.activation!r}"
     if c.likelihood not in LIKELIHOODS:
@@ -104,27 +109,36 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
         return f"the fast step covers float32/float64 on cpu/cuda, not {p0.dtype} on {p0.device}"
     if any(p.dtype != p0.dtype or p.device != p0.device for p in params):
         return "the parameters do not share one dtype and device"
-    layers = _layers(model)
-    if layers is None:
+    if _layers(model) is None:
         return "the model is not the standard MLP encoder/decoder"
     return None
 
 
-def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear] | None:
-    """(encoder hidden, encoder head, decoder hidden, decoder head) linear layers, or None."""
+#: (encoder trunk, encoder head, decoder trunk, decoder head): a trunk is its hidden Linear layers
+MLPLayers = tuple[list[nn.Linear], nn.Linear, list[nn.Linear], nn.Linear]
+
+
+def _layers(model: nn.Module) -> MLPLayers | None:
+    """The encoder's and decoder's hidden linear layers and heads, or None if not the standard MLP:
+    trunks of [Linear, activation] * depth (depth >= 1) and a linear head each, all with biases."""
     vae: Any = model  # duck-typed: any failure below means "not the standard MLP"
     try:
         enc, dec = vae.encoder.net, vae.decoder.net
-        layers = (enc.trunk[0], enc.head, dec.trunk[0], dec.head)
-    except (AttributeError, IndexError, TypeError):
+        act = _ACTIVATION_MODULES[vae.config.activation]
+        trunks = [list(enc.trunk), list(dec.trunk)]
+        heads = (enc.head, dec.head)
+    except (AttributeError, KeyError, TypeError):
         return None
-    if not all(type(m) is nn.Linear and m.bias is not None for m in layers):
+    for trunk in trunks:
+        if not trunk or len(trunk) % 2 or not all(type(a) is act for a in trunk[1::2]):
+            return None
+    enc_trunk, dec_trunk = trunks[0][::2], trunks[1][::2]
+    linears = [*enc_trunk, heads[0], *dec_trunk, heads[1]]
+    if not all(type(m) is nn.Linear and m.bias is not None for m in linears):
         return None
-    if len(enc.trunk) != 2 or len(dec.trunk) != 2:
+    if {id(p) for m in linears for p in m.parameters()} != {id(p) for p in model.parameters()}:
         return None
-    if {id(p) for m in layers for p in m.parameters()} != {id(p) for p in model.parameters()}:
-        return None
-    return layers
+    return enc_trunk, heads[0], dec_trunk, heads[1]
 
 
 def unsupported_optimizer(opt: torch.optim.Optimizer) -> str | None:
@@ -142,6 +156,10 @@ def unsupported_optimizer(opt: torch.optim.Optimizer) -> str | None:
     if kind == "adam" and (torch.is_tensor(g["lr"]) or any(map(torch.is_tensor, g["betas"]))):
         return "the fast step's Adam needs float lr and betas"
     return None
+
+
+#: one linear layer of the flat buffers: (weight, bias, weight gradient, bias gradient)
+Layer = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class FastStep:
@@ -170,7 +188,7 @@ class FastStep:
         self.estimator = estimator
         self.L = int(samples)
         c = cast("ModelConfig", model.config)  # checked by unsupported_reason
-        self.J, self.D, self.H = c.latent_dim, c.x_dim, c.hidden
+        self.J, self.D = c.latent_dim, c.x_dim
         self.gaussian = c.likelihood == "gaussian"
         self.relu = c.activation == "relu"
         self.params = list(model.parameters())
@@ -191,10 +209,11 @@ class FastStep:
         self._step0 = self.steps[0]
         self.param_views = [self._view(self.flat, i) for i in range(len(self.params))]
         self.grad_views = [self._view(self.grad, i) for i in range(len(self.params))]
-        order = {id(p): i for i, p in enumerate(self.params)}
-        idx = [order[id(p)] for m in _layers(model) for p in (m.weight, m.bias)]  # type: ignore[union-attr]
-        self._w = [self.param_views[i] for i in idx]
-        self._g = [self.grad_views[i] for i in idx]
+        enc_trunk, enc_head, dec_trunk, dec_head = cast("MLPLayers", _layers(model))
+        self._enc = [self._layer(m) for m in enc_trunk]  # the encoder's hidden layers, bottom up
+        self._enc_head = self._layer(enc_head)
+        self._dec = [self._layer(m) for m in dec_trunk]
+        self._dec_head = self._layer(dec_head)
         self._buffers: dict[int, SimpleNamespace] = {}
         self._half = torch.tensor(0.5, **kw)
         self._signature: tuple = ()
@@ -215,6 +234,11 @@ class FastStep:
     def _view(self, flat: Tensor, i: int) -> Tensor:
         a, b = self.offsets[i], self.offsets[i + 1]
         return flat[a:b].view(self.params[i].shape)
+
+    def _layer(self, m: nn.Linear) -> Layer:
+        """(weight, bias, weight gradient, bias gradient) of m: views into the flat buffers."""
+        i, j = (next(k for k, p in enumerate(self.params) if p is q) for q in (m.weight, m.bias))
+        return self.param_views[i], self.param_views[j], self.grad_views[i], self.grad_views[j]
 
     def _current_signature(self) -> tuple:
         return (
@@ -270,26 +294,29 @@ class FastStep:
         b = self._buffers.get(m)
         if b is None:
             kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
-            L, J, D, H = self.L, self.J, self.D, self.H
+            L, J, D = self.L, self.J, self.D
             n = L * m
             nd = 2 * D if self.gaussian else D
+            enc_widths = [w.shape[0] for w, _, _, _ in self._enc]
+            dec_widths = [w.shape[0] for w, _, _, _ in self._dec]
             b = SimpleNamespace(
-                h1=torch.empty(m, H, **kw),
+                # per hidden layer: its output (after the activation) and the gradient there
+                he=[torch.empty(m, h, **kw) for h in enc_widths],
+                ghe=[torch.empty(m, h, **kw) for h in enc_widths],
+                hd=[torch.empty(n, h, **kw) for h in dec_widths],
+                ghd=[torch.empty(n, h, **kw) for h in dec_widths],
                 e=torch.empty(m, 2 * J, **kw),
                 std=torch.empty(m, J, **kw),
                 eps_all=torch.empty(L, m * self.shard[1], J, **kw),
                 z=torch.empty(L, m, J, **kw),
-                h2=torch.empty(n, H, **kw),
                 o=torch.empty(n, nd, **kw),
                 go=torch.empty(n, nd, **kw),
                 t1=torch.empty(n, D, **kw),
                 t2=torch.empty(n, D, **kw),
                 t3=torch.empty(n, D, **kw) if self.gaussian else None,
                 xo=torch.empty(L, **kw),
-                gh2=torch.empty(n, H, **kw),
                 gz=torch.empty(n, J, **kw),
                 ge=torch.empty(m, 2 * J, **kw),
-                gh1=torch.empty(m, H, **kw),
                 tj=torch.empty(m, J, **kw),
             )
             b.mu, b.lv = b.e[:, :J], b.e[:, J:]
@@ -318,27 +345,27 @@ class FastStep:
         n = L * m
         s = 1.0 / n
         b = self._bufs(m)
-        W1, b1, We, be, Wd1, bd1, Wd2, bd2 = self._w
-        gW1, gb1, gWe, gbe = self._g[:4]  # the decoder's: _decoder_backward
+        We, be = self._enc_head[:2]
+        Wd, bd = self._dec_head[:2]
 
         # ---- forward: encoder, reparameterised z, decoder
-        h1 = self._hidden(b1, x, W1, b.h1)
-        torch.addmm(be, h1, We.t(), out=b.e)
+        h = self._forward(self._enc, x, b.he)
+        torch.addmm(be, h, We.t(), out=b.e)
         mu, lv, std = b.mu, b.lv, b.std
         torch.mul(lv, 0.5, out=std).exp_()
         b.eps_all.normal_(generator=generator)  # = DiagonalNormal.rsample's torch.randn draw
         eps = b.eps  # this rank's part (all of it in one process)
         torch.addcmul(mu, std, eps, out=b.z)
         z = b.z2
-        h2 = self._hidden(bd1, z, Wd1, b.h2)
-        torch.addmm(bd2, h2, Wd2.t(), out=b.o)
+        h = self._forward(self._dec, z, b.hd)
+        torch.addmm(bd, h, Wd.t(), out=b.o)
 
         # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M))
         logp = self._gaussian(x, b, n) if self.gaussian else self._bernoulli(x, b)
 
-        # ---- backward through the decoder (the factor s folded into alpha)
-        gh2 = self._decoder_backward(b, z, s)
-        gz = torch.mm(gh2, Wd1, out=b.gz)
+        # ---- backward through the decoder (the factor s folded into alpha), down to z
+        gz = b.gz
+        self._backward(self._dec, self._dec_head, b.go, b.hd, b.ghd, z, s, gz)
 
         # ---- the latent layer: reparameterisation and the KL / log-density terms
         inv_m = 1.0 / m
@@ -369,14 +396,15 @@ class FastStep:
             bound = (logp + extra) * s
 
         # ---- backward through the encoder
-        ge = b.ge
-        gWe.addmm_(ge.t(), h1, beta=0)
-        torch.sum(ge, 0, out=gbe)
-        gh1 = torch.mm(ge, We, out=b.gh1)
-        self._act_backward(gh1, h1)
-        gW1.addmm_(gh1.t(), x, beta=0)
-        torch.sum(gh1, 0, out=gb1)
+        self._backward(self._enc, self._enc_head, b.ge, b.he, b.ghe, x, None, None)
         return bound
+
+    def _forward(self, trunk: list[Layer], inp: Tensor, outs: list[Tensor]) -> Tensor:
+        """Up a trunk: every hidden layer's output into its buffer; returns the top one."""
+        h = inp
+        for (weight, bias, _, _), out in zip(trunk, outs, strict=True):
+            h = self._hidden(bias, h, weight, out)
+        return h
 
     def _hidden(self, bias: Tensor, inp: Tensor, weight: Tensor, out: Tensor) -> Tensor:
         """act(inp W^T + bias) into out."""
@@ -387,19 +415,41 @@ class FastStep:
         torch.addmm(bias, inp, weight.t(), beta=2.0, alpha=2.0, out=out).sigmoid_()
         return out.mul_(2.0).sub_(1.0)
 
-    def _decoder_backward(self, b: SimpleNamespace, z: Tensor, s: float) -> Tensor:
-        """Decoder weight gradients from b.go = -d log p(x|z) / d output (scaled by s here);
-        returns the gradient at the decoder's hidden pre-activation (for the gradient in z)."""
-        _, _, _, _, _, _, Wd2, _ = self._w
-        _, _, _, _, gWd1, gbd1, gWd2, gbd2 = self._g
-        go, h2 = b.go, b.h2
-        gWd2.addmm_(go.t(), h2, beta=0, alpha=s)
-        torch.sum(go, 0, out=gbd2).mul_(s)
-        gh2 = b.gh2.addmm_(go, Wd2, beta=0, alpha=s)
-        self._act_backward(gh2, h2)
-        gWd1.addmm_(gh2.t(), z, beta=0)
-        torch.sum(gh2, 0, out=gbd1)
-        return gh2
+    def _backward(
+        self,
+        trunk: list[Layer],
+        head: Layer,
+        g: Tensor,
+        hs: list[Tensor],
+        ghs: list[Tensor],
+        inp: Tensor,
+        scale: float | None,
+        g_inp: Tensor | None,
+    ) -> None:
+        """Down a trunk: the head's and hidden layers' gradients from g = -d bound / d(head's
+        output), times ``scale`` (folded into alpha; None: 1), with hs the hidden outputs of
+        the forward pass from ``inp`` and ghs their gradient buffers; g_inp <- the gradient at
+        ``inp`` when given."""
+        weight, _, g_weight, g_bias = head
+        h, gh = hs[-1], ghs[-1]
+        if scale is None:
+            g_weight.addmm_(g.t(), h, beta=0)
+            torch.sum(g, 0, out=g_bias)
+            torch.mm(g, weight, out=gh)
+        else:
+            g_weight.addmm_(g.t(), h, beta=0, alpha=scale)
+            torch.sum(g, 0, out=g_bias).mul_(scale)
+            gh.addmm_(g, weight, beta=0, alpha=scale)
+        for i in range(len(trunk) - 1, -1, -1):
+            weight, _, g_weight, g_bias = trunk[i]
+            gh = ghs[i]
+            self._act_backward(gh, hs[i])  # now the gradient at layer i's pre-activation
+            g_weight.addmm_(gh.t(), hs[i - 1] if i else inp, beta=0)
+            torch.sum(gh, 0, out=g_bias)
+            if i:
+                torch.mm(gh, weight, out=ghs[i - 1])
+            elif g_inp is not None:
+                torch.mm(gh, weight, out=g_inp)
 
     def _act_backward(self, g: Tensor, h: Tensor) -> None:
         """g <- g * act'(pre-activation), from the activation's output h."""
@@ -515,14 +565,15 @@ class FastWakeSleepStep(FastStep):
         if b is None:
             b = super()._bufs(m)  # the wake pass's buffers (L = 1); the sleep reuses them
             kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
-            J, D, H = self.J, self.D, self.H
+            J, D = self.J, self.D
             rank, world = self.shard
             lo, hi = rank * m, (rank + 1) * m
             nd = 2 * D if self.gaussian else D
             b.zz = torch.empty(2 * m, J, **kw)  # [wake z; dream z_d] through the decoder at once
-            b.hh = torch.empty(2 * m, H, **kw)
+            b.hh = [torch.empty(2 * m, h.shape[1], **kw) for h in b.hd]
             b.oo = torch.empty(2 * m, nd, **kw)
-            b.z, b.z2, b.h2, b.o = b.zz[:m].view(1, m, J), b.zz[:m], b.hh[:m], b.oo[:m]
+            b.z, b.z2, b.o = b.zz[:m].view(1, m, J), b.zz[:m], b.oo[:m]
+            b.hd = [hh[:m] for hh in b.hh]  # the wake rows, for the decoder's backward
             b.zz_d, b.od = b.zz[m:], b.oo[m:]
             b.od_mean, b.od_lv = b.od[:, :D], b.od[:, D:]
             # the dreams of the whole global minibatch are drawn (data parallel: this rank's used)
@@ -548,13 +599,13 @@ class FastWakeSleepStep(FastStep):
         m = x.shape[0]
         s = 1.0 / m
         b = self._bufs(m)
-        W1, b1, We, be, Wd1, bd1, Wd2, bd2 = self._w
-        gW1, gb1, gWe, gbe = self._g[:4]  # the decoder's: _decoder_backward
+        We, be = self._enc_head[:2]
+        Wd, bd = self._dec_head[:2]
         mu, lv, std = b.mu, b.lv, b.std
 
         # ---- wake: z ~ q(z|x) as q.rsample(1, generator), held fixed
-        self._hidden(b1, x, W1, b.h1)
-        torch.addmm(be, b.h1, We.t(), out=b.e)
+        h = self._forward(self._enc, x, b.he)
+        torch.addmm(be, h, We.t(), out=b.e)
         torch.mul(lv, 0.5, out=std).exp_()
         b.eps_all.normal_(generator=generator)
         eps = b.eps
@@ -567,8 +618,8 @@ class FastWakeSleepStep(FastStep):
         b.zd_all.normal_(generator=generator)
         if b.copy_zd:
             b.zz_d.copy_(b.zd)
-        self._hidden(bd1, b.zz, Wd1, b.hh)
-        torch.addmm(bd2, b.hh, Wd2.t(), out=b.oo)
+        h = self._forward(self._dec, b.zz, b.hh)
+        torch.addmm(bd, h, Wd.t(), out=b.oo)
         logp = self._gaussian(x, b, m) if self.gaussian else self._bernoulli(x, b)
 
         # ---- x_d ~ p(x|z_d), drawn as sample_x draws it
@@ -583,21 +634,16 @@ class FastWakeSleepStep(FastStep):
             torch.gt(b.xd, b.ud, out=b.xd)  # x_d = [u < y]
 
         # ---- wake backward: -mean log p(x|z) w.r.t. the decoder (log p(z) has no theta)
-        self._decoder_backward(b, z, s)
+        self._backward(self._dec, self._dec_head, b.go, b.hd, b.ghd, z, s, None)
 
         # ---- sleep: -mean log q(z_d|x_d) w.r.t. the encoder
         xd = b.xd
-        h1 = self._hidden(b1, xd, W1, b.h1)
-        torch.addmm(be, h1, We.t(), out=b.e)
+        h = self._forward(self._enc, xd, b.he)
+        torch.addmm(be, h, We.t(), out=b.e)
         r = torch.sub(mu, b.zd, out=b.tj)  # mu - z_d
         inv_var = torch.neg(lv, out=std).exp_()
         gmu = torch.mul(r, inv_var, out=b.gmu)  # d/dmu = (mu - z_d) exp(-logvar)
         torch.addcmul(self._half, gmu, r, value=-0.5, out=b.glv)  # (1 - (z_d-mu)^2 e^-lv) / 2
         ge = b.ge.mul_(s)
-        gWe.addmm_(ge.t(), h1, beta=0)
-        torch.sum(ge, 0, out=gbe)
-        gh1 = torch.mm(ge, We, out=b.gh1)
-        self._act_backward(gh1, h1)
-        gW1.addmm_(gh1.t(), xd, beta=0)
-        torch.sum(gh1, 0, out=gb1)
+        self._backward(self._enc, self._enc_head, ge, b.he, b.ghe, xd, None, None)
         return (logp + extra) * s
