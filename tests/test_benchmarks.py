@@ -33,7 +33,9 @@ def rows(out: str) -> dict[str, list[str]]:
     """Contender rows of a report: name -> its columns."""
     found = {}
     for line in out.splitlines():
-        m = re.match(r"^(aevb|autograd|plain|ceiling|ref-aevb|ref-ceiling)\b(?: \[(\w+)\])?\s+(.*)$", line)
+        m = re.match(
+            r"^(aevb|autograd|plain|ceiling|ref-aevb|ref-ceiling)\b(?: \[(\w+)\])?\s+(.*)$", line
+        )
         if m:
             found[m.group(1)] = [m.group(2) or "", *m.group(3).split()]
     return found
