@@ -188,8 +188,8 @@ def test_mcem_resumes_exactly(tmp_path, monkeypatch, small_run):
     real = training.Trainer.checkpoint
     calls = {"n": 0}
 
-    def crash(self):
-        real(self)
+    def crash(self, *args):
+        real(self, *args)
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt

@@ -220,8 +220,8 @@ def test_score_function_training_resumes_its_baseline_bitwise(tmp_path, monkeypa
     real_checkpoint = training.Trainer.checkpoint
     calls = {"n": 0}
 
-    def crashing_checkpoint(self):
-        real_checkpoint(self)
+    def crashing_checkpoint(self, *args):
+        real_checkpoint(self, *args)
         calls["n"] += 1
         if calls["n"] == 2:
             raise _Crash

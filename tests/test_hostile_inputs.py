@@ -506,6 +506,7 @@ def cli_stubs(monkeypatch, tmp_path_factory):
     import aevb.api.evaluation
     import aevb.api.training
     from aevb import training
+    from aevb.explorer import ExploreServer
 
     monkeypatch.setenv("AEVB_OFFLINE", "1")
     monkeypatch.setenv("AEVB_DATA_DIR", str(tmp_path_factory.mktemp("empty-data")))
@@ -513,6 +514,7 @@ def cli_stubs(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(training.Trainer, "run", lambda self: [])
     monkeypatch.setattr(aevb.api.training, "choose_lr", lambda *a, **k: (0.02, {"stub": True}))
     monkeypatch.setattr(aevb.api.training, "draw_run_figures", lambda *a, **k: [])
+    monkeypatch.setattr(ExploreServer, "serve_forever", lambda self, *a, **k: None)  # no serving
     stub = dict(method="is", log_likelihood=0.0, se=0.0, gap=0.0, gap_se=0.0, seconds=0.0)
     stub.update(importance_samples=1, ess_median=1.0, posterior_samples=1, leapfrog_steps=1)
     stub.update(accept_rate=1.0)
