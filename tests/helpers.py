@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from aevb import runs
+from aevb import runs, training
 
 SMALL_RUN = dict(latent_dim=3, hidden=30, budget=2_000, lr=0.02, progress=False, draw_figures=False)
 """What a small training run is unless a test says otherwise (conftest's ``small_run``): a tiny MLP
@@ -57,3 +60,31 @@ def assert_same_run(a: Path, b: Path) -> None:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
 
     assert strip(runs.read_metrics(a)) == strip(runs.read_metrics(b))
+
+
+class Crash(Exception):
+    """The interruption :func:`crash_after_checkpoint` causes."""
+
+
+@contextlib.contextmanager
+def crash_after_checkpoint(
+    n: int,
+    error: type[BaseException] = Crash,
+    check: Callable[[training.Trainer], None] | None = None,
+) -> Iterator[None]:
+    """Within the block, training raises ``error`` right after its ``n``-th checkpoint is written
+    (a process killed there); ``check(trainer)`` runs before each checkpoint."""
+    real = training.Trainer.checkpoint
+    calls = [0]
+
+    def checkpoint(self: training.Trainer, *args) -> None:
+        if check is not None:
+            check(self)
+        real(self, *args)
+        calls[0] += 1
+        if calls[0] == n:
+            raise error
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training.Trainer, "checkpoint", checkpoint)
+        yield

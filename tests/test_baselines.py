@@ -7,10 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import crash_after_checkpoint
 from safetensors.torch import load_file
 
 import aevb
-from aevb import runs, training
+from aevb import runs
 from aevb.algorithms import FullVB, WakeSleep, sample_x
 from aevb.data import load_dataset
 from aevb.model import VAE, ModelConfig
@@ -185,19 +186,8 @@ def test_mcem_resumes_exactly(tmp_path, monkeypatch, small_run):
         eval_marginal_points=2,
     )
     small_run(tmp_path / "full", data=data, **kw)
-    real = training.Trainer.checkpoint
-    calls = {"n": 0}
-
-    def crash(self, *args):
-        real(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.Trainer, "checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_checkpoint(3, KeyboardInterrupt), pytest.raises(KeyboardInterrupt):
         small_run(tmp_path / "cut", data=data, **kw)
-    monkeypatch.setattr(training.Trainer, "checkpoint", real)
     aevb.train(resume=tmp_path / "cut", progress=False, draw_figures=False)
     a, b = load_file(tmp_path / "full" / runs.MODEL), load_file(tmp_path / "cut" / runs.MODEL)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fast_checks import M, assert_resume_is_bitwise_exact, make_data, make_model
-from helpers import assert_same_run
+from helpers import Crash, assert_same_run, crash_after_checkpoint
 
 import aevb
-from aevb import compat, runs, training
+from aevb import compat, runs
 from aevb.algorithms import AEVB, make_optimizer
 from aevb.fast import FastStep
 from aevb.training import TrainConfig, Trainer
@@ -233,10 +233,6 @@ def test_fallback_checkpoint_resume_is_bitwise_exact(fallbacks, tmp_path, optimi
     assert_resume_is_bitwise_exact(trainer, tmp_path)
 
 
-class _Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
 def test_fallback_run_resumes_to_the_uninterrupted_run(fallbacks, tmp_path, monkeypatch, optimizer):
     """``aevb.train(out=...)`` cut after its 3rd checkpoint, then ``aevb.train(resume=...)``: the
@@ -245,21 +241,13 @@ def test_fallback_run_resumes_to_the_uninterrupted_run(fallbacks, tmp_path, monk
     kw |= dict(budget=6_000, seed=3, optimizer=optimizer, eval_per_decade=8)
     full = aevb.train("digits", tmp_path / "full", **kw)
     assert full.metrics[-1]["samples_seen"] == 6_000
-    real_checkpoint = training.Trainer.checkpoint
-    calls = {"n": 0}
 
-    def crashing_checkpoint(self, *args):
-        assert self.alg.engine == "fast"
-        assert self.alg.fast._fused_adagrad_ is compat.adagrad_fallback_
-        real_checkpoint(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Crash
+    def on_the_fallback(trainer):
+        assert trainer.alg.engine == "fast"
+        assert trainer.alg.fast._fused_adagrad_ is compat.adagrad_fallback_
 
-    monkeypatch.setattr(training.Trainer, "checkpoint", crashing_checkpoint)
-    with pytest.raises(_Crash):
+    with crash_after_checkpoint(3, check=on_the_fallback), pytest.raises(Crash):
         aevb.train("digits", tmp_path / "cut", **kw)
-    monkeypatch.setattr(training.Trainer, "checkpoint", real_checkpoint)
     assert 0 < runs.load_tensors(tmp_path / "cut" / runs.STATE)[1]["samples_seen"] < 6_000
     aevb.train(resume=tmp_path / "cut", progress=False, draw_figures=False)
     assert_same_run(tmp_path / "full", tmp_path / "cut")

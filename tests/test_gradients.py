@@ -16,10 +16,10 @@ import math
 
 import pytest
 import torch
-from helpers import assert_same_run, error_lines
+from helpers import Crash, assert_same_run, crash_after_checkpoint, error_lines
 
 import aevb
-from aevb import runs, training
+from aevb import runs
 from aevb.algorithms import AEVB
 from aevb.cli import main
 from aevb.errors import ConfigError
@@ -205,10 +205,6 @@ def test_score_function_options_are_checked():
         VAE(ModelConfig(x_dim=3, latent_dim=1, hidden=2)).elbo(torch.rand(2, 3), "score-function")
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_score_function_training_resumes_its_baseline_bitwise(tmp_path, monkeypatch):
     kw = dict(TINY, estimator="score-function", score_baseline=True, budget=2000, seed=2)
     kw.update(checkpoint_samples=500, eval_per_decade=2)
@@ -217,19 +213,8 @@ def test_score_function_training_resumes_its_baseline_bitwise(tmp_path, monkeypa
     state = runs.load_tensors(tmp_path / "full" / runs.STATE)[0]
     assert state["alg.score_baseline"].shape == () and state["alg.score_baseline"] < 0
 
-    real_checkpoint = training.Trainer.checkpoint
-    calls = {"n": 0}
-
-    def crashing_checkpoint(self, *args):
-        real_checkpoint(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Crash
-
-    monkeypatch.setattr(training.Trainer, "checkpoint", crashing_checkpoint)
-    with pytest.raises(_Crash):
+    with crash_after_checkpoint(2), pytest.raises(Crash):
         aevb.train("digits", tmp_path / "cut", **kw)
-    monkeypatch.setattr(training.Trainer, "checkpoint", real_checkpoint)
     assert 0 < runs.load_tensors(tmp_path / "cut" / runs.STATE)[1]["samples_seen"] < 2000
     aevb.train(resume=tmp_path / "cut", progress=False, draw_figures=False)
     assert_same_run(tmp_path / "full", tmp_path / "cut")

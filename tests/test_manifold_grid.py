@@ -42,10 +42,7 @@ def test_codes_grid_spans_the_quantiles_of_the_training_codes(run):
         expect = aevb.load(run).decode_mean(torch.from_numpy(m.latents)).numpy()
     np.testing.assert_array_equal(m.decoded, expect)
     wide = aevb.manifold(run, k, grid_over="codes", quantiles=(0.0, 1.0))
-    assert (
-        np.all(np.abs(wide.latents) >= 0)
-        and np.ptp(wide.latents, 0).min() > np.ptp(m.latents, 0).min()
-    )
+    assert np.ptp(wide.latents, 0).min() > np.ptp(m.latents, 0).min()
     prior = aevb.manifold(run, k)  # the paper's grid stays the default
     np.testing.assert_array_equal(prior.latents, figures.manifold_latents(k).numpy())
 

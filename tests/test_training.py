@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import assert_same_run
+from helpers import Crash, assert_same_run, crash_after_checkpoint
 
 import aevb
 from aevb import algorithms, runs, training
@@ -48,28 +48,13 @@ def test_save_load_gives_identical_outputs(tmp_path):
     assert torch.equal(run.model.elbo(x, generator=g1), loaded.elbo(x, generator=g2))
 
 
-class _Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("binarize", ["grey", "dynamic"])
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch, binarize):
     kw = dict(SMALL, budget=12_000, seed=1, binarize=binarize, eval_per_decade=8)
     aevb.train("digits", tmp_path / "full", **kw)
 
-    real_checkpoint = training.Trainer.checkpoint
-    calls = {"n": 0}
-
-    def crashing_checkpoint(self, *args):
-        real_checkpoint(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 4:  # die right after the 4th checkpoint, mid-run
-            raise _Crash
-
-    monkeypatch.setattr(training.Trainer, "checkpoint", crashing_checkpoint)
-    with pytest.raises(_Crash):
+    with crash_after_checkpoint(4), pytest.raises(Crash):  # right after the 4th, mid-run
         aevb.train("digits", tmp_path / "cut", **kw)
-    monkeypatch.setattr(training.Trainer, "checkpoint", real_checkpoint)
     state = runs.load_tensors(tmp_path / "cut" / runs.STATE)[1]
     assert 0 < state["samples_seen"] < 12_000
 

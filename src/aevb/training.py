@@ -99,9 +99,12 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
 # --------------------------------------------------------------------------- evaluation records
 
 
-def _crossed(counts: list[int], samples_seen: int) -> int:
-    """How many of the sorted sample ``counts`` lie at or below ``samples_seen``."""
-    return sum(1 for n in counts if n <= samples_seen)
+def _due(counts: list[int], samples_seen: int) -> list[int]:
+    """Take from the sorted sample ``counts`` those at or below ``samples_seen``."""
+    due = []
+    while counts and counts[0] <= samples_seen:
+        due.append(counts.pop(0))
+    return due
 
 
 def terms_record(split: str, terms: BoundTerms) -> dict:
@@ -529,7 +532,7 @@ class Trainer:
                     self._notify("on_step_group", mean_bound, n_running * m)
                     running.zero_()
                     n_running = 0
-                due = [snapshots.pop(0) for _ in range(_crossed(snapshots, self.samples_seen))]
+                due = _due(snapshots, self.samples_seen) if snapshots else []
                 if pending and self.samples_seen >= pending[0]:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0

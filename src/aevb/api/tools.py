@@ -213,7 +213,7 @@ def manifold(
     if grid_over == "prior":
         plane, what = _prior_grid(model, grid, pair), "grid over the prior"
     else:
-        lo, hi = _code_box(run_dir, model, pair, quantiles, data, data_dir)
+        lo, hi = _code_box(run_dir, which, pair, quantiles, data, data_dir)
         plane = figures.box_latents(grid, lo, hi)
         what = f"grid over the codes' {quantiles[0]:.0%}-{quantiles[1]:.0%} quantiles"
     z = torch.zeros(grid * grid, model.config.latent_dim)
@@ -280,7 +280,7 @@ def _kl_per_dim(run_dir: str | Path) -> list[float] | None:
 
 def _code_box(
     run_dir: str | Path,
-    model: VAE,
+    which: str | int,
     pair: tuple[int, int],
     quantiles: tuple[float, float],
     data: str | None,
@@ -290,16 +290,9 @@ def _code_box(
     lo_q, hi_q = quantiles
     if not 0.0 <= lo_q < hi_q <= 1.0:
         raise ConfigError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
-    _, rows, _, _ = _run_data(Path(run_dir), data, "train", data_dir, None)
-    centers = []
-    with torch.no_grad():
-        for chunk in torch.from_numpy(rows).split(4096):
-            q = model.encoder.family.from_params(*model.encoder(chunk.to(model.device)))
-            centers.append(q.center()[:, list(pair)].double().cpu())
-    c = torch.cat(centers)
-    lo = torch.quantile(c, lo_q, dim=0).tolist()
-    hi = torch.quantile(c, hi_q, dim=0).tolist()
-    return lo, hi
+    found = encode(run_dir, data=data, split="train", data_dir=data_dir, which=which)
+    c = torch.from_numpy(found.center[:, list(pair)]).double()
+    return torch.quantile(c, lo_q, dim=0).tolist(), torch.quantile(c, hi_q, dim=0).tolist()
 
 
 def reconstruct(
