@@ -19,7 +19,12 @@ number of samples:
   and no allocation;
 - ``ref-aevb`` and ``ref-ceiling`` (added when ``--algorithm`` is not aevb): aevb's AEVB and
   AEVB's ceiling in the same run, so that the algorithm's cost per datapoint is compared with
-  AEVB's, and with the ratio of the two steps' matrix products.
+  AEVB's, and with the ratio of the two steps' matrix products;
+- ``aevb-bf16`` and ``ceiling-bf16`` (with ``--bf16``): aevb's step with ``--precision bf16``
+  (bf16 products, float32 master weights) and the ceiling with its products in bf16 (plus the two
+  casts a float32-master step cannot avoid: the weights to bf16, the gradient to float32, and the
+  float32 fused optimizer). On a CPU without bf16 instructions the path is forced and the bf16
+  rates say how slow it is there, not what it gains where the instructions exist.
 
 Each contender runs in its own worker process (all children of this one), set up once and warmed
 up; the parent then interleaves them, one chunk of samples each in turn, several times, and reports
@@ -33,6 +38,7 @@ spread (min..max) is printed with each median.
     python benchmarks/bench_train.py --million            # wall time of 10^6 training samples
     python benchmarks/bench_train.py --algorithm wake-sleep --threads 1 --clock cpu
     python benchmarks/bench_train.py --modern --threads 1   # 784-200-200-50 relu, Adam, + autograd
+    python benchmarks/bench_train.py --bf16               # + bf16 products and their ceiling
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ class AevbWorker:
             lr=0.02 if spec["optimizer"] == "adagrad" else 1e-3,
             engine=spec["engine"],
             budget=10**12,
+            precision=spec.get("precision", "float32"),
         )
         mcfg = ModelConfig(
             x_dim=d,
@@ -271,12 +278,14 @@ class CeilingWorker:
         h, j, m, L = hidden_units(spec), spec["latent"], spec["M"], spec["samples"]
         nd = 2 * d if lik == "gaussian" else d
         kw = {"device": spec["device"], "dtype": torch.float32}
+        bf16 = spec.get("precision") == "bf16"
+        kp = {**kw, "dtype": torch.bfloat16} if bf16 else kw  # the products' operands
 
         def r(*s):
-            return torch.randn(*s, **kw) * 0.01
+            return torch.randn(*s, **kp) * 0.01
 
         ws = spec["algorithm"] == "wake-sleep"
-        x, z = torch.rand(m, d, **kw), r(L * m, j)
+        x, z = torch.rand(m, d, **kp), r(L * m, j)
         zz, hh, oo = r(2 * m, j), r(2 * m, h), r(2 * m, nd)  # wake-sleep: [z; z_d] decoded at once
         W1, We, Wd1, Wd2 = r(h, d), r(2 * j, h), r(h, j), r(nd, h)
         h1, e, h2, o = r(m, h), r(m, 2 * j), r(L * m, h), r(L * m, nd)
@@ -284,7 +293,8 @@ class CeilingWorker:
         gW1, gWe, gWd1, gWd2 = r(h, d), r(2 * j, h), r(h, j), r(nd, h)
         more = spec.get("depth", 1) - 1  # hidden-to-hidden layers in each network
         n_params = h * d + h + 2 * j * h + 2 * j + h * j + h + nd * h + nd + 2 * more * (h * h + h)
-        flat, grad, acc = r(n_params), r(n_params), torch.zeros(n_params, **kw)
+        flat, grad, acc = (torch.zeros(n_params, **kw) for _ in range(3))  # float32 masters
+        flat_m, grad_m = (r(n_params), r(n_params)) if bf16 else (flat, grad)
         mm = torch.mm
 
         def deeper(rows: int):
@@ -311,20 +321,28 @@ class CeilingWorker:
         if spec["optimizer"] == "adagrad":
 
             def update():
+                if bf16:  # the gradient to float32, the updated weights back to bf16
+                    grad.copy_(grad_m)
                 step.add_(1)
                 torch._fused_adagrad_(
                     [flat], [grad], [acc], [step], lr=0.02, lr_decay=0.0,
                     weight_decay=1.0 / n, eps=1e-10, maximize=False,
                 )  # fmt: skip
+                if bf16:
+                    flat_m.copy_(flat)
         else:
             acc2 = torch.zeros(n_params, **kw)
 
             def update():
+                if bf16:
+                    grad.copy_(grad_m)
                 step.add_(1)
                 torch._fused_adam_(
                     [flat], [grad], [acc], [acc2], [], [step], lr=1e-3, beta1=0.9,
                     beta2=0.999, weight_decay=1.0 / n, eps=1e-8, amsgrad=False, maximize=False,
                 )  # fmt: skip
+                if bf16:
+                    flat_m.copy_(flat)
 
         def wake_sleep_step():
             mm(x, W1.t(), out=h1)  # wake: encoder forward
@@ -380,6 +398,8 @@ WORKERS = {
     "ceiling": CeilingWorker,
     "ref-aevb": lambda torch, spec: AevbWorker(torch, {**spec, "algorithm": "aevb"}),
     "ref-ceiling": lambda torch, spec: CeilingWorker(torch, {**spec, "algorithm": "aevb"}),
+    "aevb-bf16": lambda torch, spec: AevbWorker(torch, {**spec, "precision": "bf16"}),
+    "ceiling-bf16": lambda torch, spec: CeilingWorker(torch, {**spec, "precision": "bf16"}),
 }
 
 
@@ -472,6 +492,15 @@ class Worker:
         self.proc.wait()
 
 
+def _allow_bf16(device: str) -> None:
+    """Let the workers run bf16 on a CPU without bf16 instructions (saying so): its rates there
+    measure the emulated path, which ``aevb train`` refuses to run."""
+    from aevb import hardware
+
+    if device == "cpu" and not hardware.bf16_instructions():
+        os.environ[hardware.FORCE_ENV] = "1"  # inherited by the worker processes
+
+
 def check_device(device: str) -> None:
     """Fail with one clear line when CUDA is asked for and absent (before starting workers)."""
     if device.startswith("cuda"):
@@ -522,7 +551,10 @@ def describe(spec: dict) -> str:
 
 
 def report(spec: dict, res: dict, reps: int, chunk: int) -> None:
+    from aevb.hardware import describe_cpu
+
     print(f"\n{describe(spec)}; {reps} interleaved chunks of {chunk:,} samples each")
+    print(f"CPU: {describe_cpu()}")
     plain = res.get("plain", {}).get("median")
     ceil = res.get("ceiling", {}).get("median")
     print(
@@ -547,6 +579,7 @@ def report(spec: dict, res: dict, reps: int, chunk: int) -> None:
             f"{100 * rounds['aevb/ceiling']:.0f}%, ceiling / plain {rounds['ceiling/plain']:.2f}x "
             "(the most a step bounded by the ceiling can gain on the plain loop)"
         )
+    bf16_ratios(res)
     if "autograd" in res and "aevb" in res:
         a, g = res["aevb"]["rates"], res["autograd"]["rates"]
         print(
@@ -569,6 +602,25 @@ def report(spec: dict, res: dict, reps: int, chunk: int) -> None:
             f"  its matrix products alone: {ref['median'] / c['median']:.2f}x AEVB's "
             f"(ceilings {c['median']:,.0f} against {ref['median']:,.0f} samples/s)"
         )
+
+
+def bf16_ratios(res: dict) -> None:
+    """With --bf16: the bf16 step against aevb's float32 step and against the bf16 ceiling."""
+    from aevb import hardware
+
+    if "aevb-bf16" not in res:
+        return
+    b = res["aevb-bf16"]["rates"]
+    for other, what in (("aevb", "aevb's float32 step"), ("ceiling-bf16", "the bf16 ceiling")):
+        if other in res:
+            q = statistics.median(x / y for x, y in zip(b, res[other]["rates"], strict=True))
+            print(f"aevb bf16 / {what}, per round: {q:.2f}x")
+    found = hardware.bf16_instructions()
+    print(
+        f"bf16 instructions: {', '.join(found)}"
+        if found
+        else "this CPU has no bf16 instructions: the bf16 path was forced and runs emulated"
+    )
 
 
 def per_round(res: dict) -> dict[str, float]:
@@ -678,6 +730,9 @@ def main(argv=None) -> None:
         "--million", action="store_true", help="time 10^6 samples end to end (no comparison)"
     )
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
+    ap.add_argument(
+        "--bf16", action="store_true", help="add aevb-bf16 and ceiling-bf16 to the contenders"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -709,6 +764,10 @@ def main(argv=None) -> None:
         "clock": args.clock,
     }
     contenders = tuple(c for c in args.contenders.split(",") if c)
+    if args.bf16:
+        contenders += tuple(c for c in ("aevb-bf16", "ceiling-bf16") if c not in contenders)
+    if any(c.endswith("-bf16") for c in contenders):
+        _allow_bf16(args.device)
     if any(c not in WORKERS for c in contenders):
         ap.error(f"--contenders takes a subset of {','.join(WORKERS)}")
     if args.algorithm not in PLAIN_ALGORITHMS and "plain" in contenders:

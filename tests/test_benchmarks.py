@@ -21,6 +21,8 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import bench_train  # noqa: E402
 
+from aevb.hardware import bf16_instructions, describe_cpu  # noqa: E402
+
 
 def run_bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, AEVB_OFFLINE="1")  # never download from a test
@@ -34,7 +36,9 @@ def rows(out: str) -> dict[str, list[str]]:
     found = {}
     for line in out.splitlines():
         m = re.match(
-            r"^(aevb|autograd|plain|ceiling|ref-aevb|ref-ceiling)\b(?: \[(\w+)\])?\s+(.*)$", line
+            r"^((?:aevb|autograd|plain|ceiling|ref-aevb|ref-ceiling)(?:-bf16)?)(?: \[(\w+)\])?"
+            r"\s+(\d[\d,]*\s.*)$",  # a row starts with its rate (not "aevb bf16 / ...")
+            line,
         )
         if m:
             found[m.group(1)] = [m.group(2) or "", *m.group(3).split()]
@@ -71,6 +75,40 @@ def test_bench_train_modern_runs_the_deeper_model_on_both_engines():
     assert got["aevb"][0] == "fast" and got["autograd"][0] == "autograd"
     assert re.search(r"aevb's engine / the autograd engine, per round: ([\d.]+)x", r.stdout)
     assert "(784-200-200-50 bernoulli, relu" in r.stdout
+
+
+def test_bench_train_bf16_rows_run_the_bf16_step_and_its_ceiling():
+    """--bf16: aevb's bf16 step (on the fast engine) beside the bf16 ceiling; on a CPU without
+    bf16 instructions the report says the path was forced."""
+    small = ("--hidden", "32", "--latent", "3", "-M", "20", "--contenders", "", "--bf16")
+    short = ("--reps", "2", "--chunk", "400", "--warmup", "40", "--threads", "1")
+    r = run_bench(str(BENCH / "bench_train.py"), *small, *short)
+    assert r.returncode == 0, r.stderr
+    got = rows(r.stdout)
+    assert set(got) == {"aevb-bf16", "ceiling-bf16"}  # (aevb's float32 row: the tests above)
+    assert got["aevb-bf16"][0] == "fast"
+    assert re.search(r"aevb bf16 / the bf16 ceiling, per round: [\d.]+x", r.stdout)
+    assert f"CPU: {describe_cpu()}" in r.stdout
+    said = "bf16 instructions: " if bf16_instructions() else "the bf16 path was forced"
+    assert said in r.stdout
+
+
+def test_bench_end_to_end_accounts_for_the_command_wall_time(shared_data_dir):
+    """aevb train from the command line beside the engine: rates and where the time went."""
+    small = ("--budget", "2000", "--hidden", "40", "--latent", "3", "--threads", "1")
+    r = run_bench(
+        str(BENCH / "bench_end_to_end.py"), *small, "--reps", "1", "--chunk", "1000", timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"CPU: {describe_cpu()}" in r.stdout
+    assert "aevb train --data binarized-mnist --latent-dim 3 --hidden 40 --lr 0.02" in r.stdout
+    m = re.search(r"end to end: 2,000 samples in ([\d.]+) s = [\d,]+ samples/s = (\d+)%", r.stdout)
+    assert m, r.stdout
+    parts = [float(v) for v in re.findall(r"^ {4}\D+?\s+(-?[\d.]+) s$", r.stdout, re.M)]
+    training = float(re.search(r"training steps alone: ([\d.]+) s", r.stdout).group(1))
+    assert len(parts) == 4 and all(p >= 0 for p in parts[:3])
+    # the command's wall time is its training steps plus the four parts listed
+    assert abs(training + sum(parts) - float(m.group(1))) < 0.5
 
 
 def test_bench_train_wake_sleep_on_frey_adds_aevb_reference_rows():

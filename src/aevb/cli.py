@@ -114,6 +114,14 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     e.add_argument(
         "--importance-samples", type=positive_int, default=5000, help="K for --marginal is"
     )
+    e.add_argument(
+        "--importance-precision",
+        choices=["auto", "float32", "bf16"],
+        default="auto",
+        help="the decoder's products in --marginal is: bf16 on the same draws as float32 "
+        "(CUDA, or a CPU with bf16 instructions; docs/EVALUATION.md has its bias, < 0.02 nats), "
+        "float32, or auto (default): bf16 where it is fast, float32 elsewhere",
+    )
     e.add_argument("--points", type=positive_int, help="use the first N points of the split")
     e.add_argument(
         "--spread", action="store_true", help="--points N evenly spaced through the split"
@@ -440,6 +448,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"train {label} {f.get(f'train_{what}', float('nan')):.3f}, test {label} "
         f"{f.get(f'test_{what}', float('nan')):.3f} nats{iw}; run in {run.path}"
     )
+    if not args.quiet and run.timing.get("training_s"):
+        print(_timing_line(run.timing))
     if tc.get("keep") == "best" and "valid_bound" in f:
         best = max(run.metrics, key=lambda r: r.get("valid_bound", float("-inf")))
         print(
@@ -450,6 +460,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if note is not None:
         sys.stderr.write(note + "\n")
     return 0
+
+
+def _timing_line(t: dict) -> str:
+    """Where the training call's time went: steps (and their rate), evaluations, checkpoints."""
+    rate = t["samples"] / t["training_s"]
+    return (
+        f"time: training {t['training_s']:.1f} s ({rate:,.0f} samples/s), evaluations "
+        f"{t['evaluation_s']:.1f} s, checkpoints {t['checkpoint_s']:.1f} s, figures "
+        f"{t['figures_s']:.1f} s"
+    )
 
 
 def _latent_usage_note(final: dict) -> str | None:
@@ -479,6 +499,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         marginal=args.marginal,
         importance_samples=args.importance_samples,
+        importance_precision=args.importance_precision,
         points=args.points,
         spread=args.spread,
         chunk_size=args.chunk_size,
@@ -512,8 +533,10 @@ def _print_evaluation(res: dict) -> None:
             f"(K={res['iwae_samples']})"
         )
     for m in res.get("marginal", {}).values():
+        bf16 = f", bf16 ({m['bf16_instructions']})" if "bf16_instructions" in m else ""
         how = (
-            f"importance sampling, K={m['importance_samples']}, median ESS {m['ess_median']:.0f}"
+            f"importance sampling, K={m['importance_samples']}{bf16}, "
+            f"median ESS {m['ess_median']:.0f}"
             if m["method"] == "is"
             else f"Appendix D: HMC, L={m['posterior_samples']}, "
             f"{m['leapfrog_steps']} leapfrog steps, acceptance {m['accept_rate']:.2f}"

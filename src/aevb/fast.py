@@ -30,6 +30,12 @@ L, Adagrad or Adam as built by :func:`aevb.algorithms.make_optimizer` (weight de
 weight prior), float32 or float64, CPU or CUDA (no host synchronisation: the step returns a 0-d
 tensor). Everything else (depth 0 among it) falls back to autograd; see
 :func:`unsupported_reason`. :class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
+
+``precision="bf16"`` (AEVB's step, float32 models) runs every matrix product in bfloat16 with
+float32 accumulation (torch's CPU kernels accumulate in float32 and round the result to bf16):
+a bf16 copy of the flat parameters is refreshed after each update, the hidden layers'
+activations and gradients are bf16, and the latent layer, the log-likelihood, the KL terms, the
+gradient buffer the optimizer reads and the optimizer's state stay float32 (the master weights).
 """
 
 from __future__ import annotations
@@ -171,12 +177,15 @@ class FastStep:
         optimizer: torch.optim.Optimizer,
         estimator: str = "B",
         samples: int = 1,
+        precision: str = "float32",
     ) -> None:
         reason = unsupported_reason(model, estimator) or unsupported_optimizer(optimizer)
         if reason is not None:
             raise ValueError(reason)
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
+        if precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be float32 or bf16, got {precision!r}")
         self.model = model
         self.optimizer = optimizer
         self.kind = OPTIMIZERS[type(optimizer)]
@@ -209,6 +218,19 @@ class FastStep:
         self._step0 = self.steps[0]
         self.param_views = [self._view(self.flat, i) for i in range(len(self.params))]
         self.grad_views = [self._view(self.grad, i) for i in range(len(self.params))]
+        #: bf16: the matrix products' copy of the parameters and the gradient they produce
+        self.bf16 = precision == "bf16"
+        if self.bf16 and self.dtype != torch.float32:
+            raise ValueError(f"bf16 products train float32 master weights, not {self.dtype}")
+        self.mdtype = torch.bfloat16 if self.bf16 else self.dtype  # the products' dtype
+        self.flat_m, self.grad_m = self.flat, self.grad  # the products use the weights ...
+        if self.bf16:  # ... or their bf16 copies
+            self.flat_m, self.grad_m = (
+                torch.zeros(n_total, dtype=self.mdtype, device=self.device) for _ in range(2)
+            )
+        n_params = len(self.params)
+        self._product_views = [self._view(self.flat_m, i) for i in range(n_params)]
+        self._product_grads = [self._view(self.grad_m, i) for i in range(n_params)]
         enc_trunk, enc_head, dec_trunk, dec_head = cast("MLPLayers", _layers(model))
         self._enc = [self._layer(m) for m in enc_trunk]  # the encoder's hidden layers, bottom up
         self._enc_head = self._layer(enc_head)
@@ -236,9 +258,11 @@ class FastStep:
         return flat[a:b].view(self.params[i].shape)
 
     def _layer(self, m: nn.Linear) -> Layer:
-        """(weight, bias, weight gradient, bias gradient) of m: views into the flat buffers."""
+        """(weight, bias, weight gradient, bias gradient) of m as the matrix products use them:
+        views into the flat buffers (their bf16 copies under bf16)."""
         i, j = (next(k for k, p in enumerate(self.params) if p is q) for q in (m.weight, m.bias))
-        return self.param_views[i], self.param_views[j], self.grad_views[i], self.grad_views[j]
+        w, g = self._product_views, self._product_grads
+        return w[i], w[j], g[i], g[j]
 
     def _current_signature(self) -> tuple:
         return (
@@ -294,6 +318,7 @@ class FastStep:
         b = self._buffers.get(m)
         if b is None:
             kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
+            km: dict[str, Any] = {"dtype": self.mdtype, "device": self.device}  # products'
             L, J, D = self.L, self.J, self.D
             n = L * m
             nd = 2 * D if self.gaussian else D
@@ -301,10 +326,10 @@ class FastStep:
             dec_widths = [w.shape[0] for w, _, _, _ in self._dec]
             b = SimpleNamespace(
                 # per hidden layer: its output (after the activation) and the gradient there
-                he=[torch.empty(m, h, **kw) for h in enc_widths],
-                ghe=[torch.empty(m, h, **kw) for h in enc_widths],
-                hd=[torch.empty(n, h, **kw) for h in dec_widths],
-                ghd=[torch.empty(n, h, **kw) for h in dec_widths],
+                he=[torch.empty(m, h, **km) for h in enc_widths],
+                ghe=[torch.empty(m, h, **km) for h in enc_widths],
+                hd=[torch.empty(n, h, **km) for h in dec_widths],
+                ghd=[torch.empty(n, h, **km) for h in dec_widths],
                 e=torch.empty(m, 2 * J, **kw),
                 std=torch.empty(m, J, **kw),
                 eps_all=torch.empty(L, m * self.shard[1], J, **kw),
@@ -323,8 +348,24 @@ class FastStep:
             b.gmu, b.glv = b.ge[:, :J], b.ge[:, J:]
             b.z2 = b.z.view(n, J)
             b.eps = b.eps_all[:, self.shard[0] * m : (self.shard[0] + 1) * m]
+            self._product_buffers(b, m)
             self._buffers = {m: b}  # keep one minibatch size: the Trainer's
         return b
+
+    def _product_buffers(self, b: SimpleNamespace, m: int) -> None:
+        """The bf16 sides of the tensors that cross between the products and the float32 math:
+        x and z going in, the heads' outputs coming out, and their gradients (without bf16,
+        the same tensors: nothing is copied)."""
+        names = ("e", "z2", "o", "go", "gz", "ge")
+        if not self.bf16:
+            b.x_m = None
+            for name in names:
+                setattr(b, name + "_m", getattr(b, name))
+            return
+        for name in names:
+            t = getattr(b, name)
+            setattr(b, name + "_m", torch.empty(t.shape, dtype=self.mdtype, device=self.device))
+        b.x_m = torch.empty(m, self.D, dtype=self.mdtype, device=self.device)
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -347,25 +388,31 @@ class FastStep:
         b = self._bufs(m)
         We, be = self._enc_head[:2]
         Wd, bd = self._dec_head[:2]
+        x_m = x if b.x_m is None else b.x_m.copy_(x)  # the encoder's input to its products
+        if self.bf16:
+            self.flat_m.copy_(self.flat)  # the products' copy of the updated weights
 
         # ---- forward: encoder, reparameterised z, decoder
-        h = self._forward(self._enc, x, b.he)
-        torch.addmm(be, h, We.t(), out=b.e)
+        h = self._forward(self._enc, x_m, b.he)
+        self._widen(torch.addmm(be, h, We.t(), out=b.e_m), b.e)
         mu, lv, std = b.mu, b.lv, b.std
         torch.mul(lv, 0.5, out=std).exp_()
         b.eps_all.normal_(generator=generator)  # = DiagonalNormal.rsample's torch.randn draw
         eps = b.eps  # this rank's part (all of it in one process)
         torch.addcmul(mu, std, eps, out=b.z)
         z = b.z2
-        h = self._forward(self._dec, z, b.hd)
-        torch.addmm(bd, h, Wd.t(), out=b.o)
+        z_m = self._narrow(z, b.z2_m)
+        h = self._forward(self._dec, z_m, b.hd)
+        self._widen(torch.addmm(bd, h, Wd.t(), out=b.o_m), b.o)
 
         # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M))
         logp = self._gaussian(x, b, n) if self.gaussian else self._bernoulli(x, b)
 
         # ---- backward through the decoder (the factor s folded into alpha), down to z
         gz = b.gz
-        self._backward(self._dec, self._dec_head, b.go, b.hd, b.ghd, z, s, gz)
+        go_m = self._narrow(b.go, b.go_m)
+        self._backward(self._dec, self._dec_head, go_m, b.hd, b.ghd, z_m, s, b.gz_m)
+        self._widen(b.gz_m, gz)
 
         # ---- the latent layer: reparameterisation and the KL / log-density terms
         inv_m = 1.0 / m
@@ -396,8 +443,19 @@ class FastStep:
             bound = (logp + extra) * s
 
         # ---- backward through the encoder
-        self._backward(self._enc, self._enc_head, b.ge, b.he, b.ghe, x, None, None)
+        ge_m = self._narrow(b.ge, b.ge_m)
+        self._backward(self._enc, self._enc_head, ge_m, b.he, b.ghe, x_m, None, None)
+        self._widen(self.grad_m, self.grad)  # bf16: the optimizer reads float32 gradients
         return bound
+
+    def _narrow(self, t: Tensor, t_m: Tensor) -> Tensor:
+        """t as the products take it: its bf16 copy under bf16 (t_m), else t itself."""
+        return t_m.copy_(t) if t_m is not t else t
+
+    def _widen(self, t_m: Tensor, t: Tensor) -> None:
+        """t <- a product's result t_m, in float32 (a copy only under bf16)."""
+        if t_m is not t:
+            t.copy_(t_m)
 
     def _forward(self, trunk: list[Layer], inp: Tensor, outs: list[Tensor]) -> Tensor:
         """Up a trunk: every hidden layer's output into its buffer; returns the top one."""

@@ -7,7 +7,8 @@ Two estimators, both pure tensor math over a model that has ``encoder.posterior(
   as proposal (Burda et al. 2015). Draws are made in chunks of at most ``chunk_size`` (z, x) pairs
   and folded into running log-sum-exps, so memory is bounded by the chunk and not by K. The same
   pass yields the per-point effective sample size (sum w)^2 / sum w^2 and the mean log-weight, an
-  estimate of the variational lower bound on the same draws.
+  estimate of the variational lower bound on the same draws. ``precision="bf16"`` runs the
+  decoder's products in bf16 on the same draws as float32 (docs/EVALUATION.md: its bias).
 - :func:`hmc_marginal`: the paper's Appendix D estimator. Batched HMC (:mod:`aevb.hmc`) draws L
   samples from each p(z|x); a full-covariance Gaussian q(z) is fitted to them (sample mean and
   covariance, with a small ridge); L fresh HMC samples then give the harmonic-style estimate
@@ -29,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import hmc
+from . import hardware, hmc
 from .distributions import LOG_2PI
+from .errors import ConfigError
 from .networks import Bernoulli
 
 if TYPE_CHECKING:
@@ -38,18 +40,58 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int], None] | None
 
+#: The precisions of the decoder's matrix products in :func:`importance_sampling`.
+PRECISIONS = ("float32", "bf16")
 
-def log_joint(model: VAE, x: Tensor, z: Tensor) -> Tensor:
+
+def check_precision(precision: str, device: torch.device, option: str = "precision") -> str:
+    """What runs the decoder's products at ``precision`` on ``device``: "float32", "cuda" (bf16
+    on a GPU), or the CPU's bf16 instruction set ("forced" under ``AEVB_FORCE_CPU_BF16=1``); a
+    :class:`ConfigError` for an unknown precision, another device, or a CPU without bf16."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown {option} {precision!r}; choose float32 or bf16")
+    if precision == "float32":
+        return "float32"
+    if device.type == "cuda":
+        return "cuda"
+    if device.type != "cpu":
+        raise ConfigError(f"{option} bf16 runs on CPU or CUDA, not {device.type}")
+    return hardware.check_cpu_bf16(f"{option} bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: bf16 where its products are fast (a CUDA GPU, or a CPU with bf16 instructions),
+    else float32; any other precision as given. bf16's bias against float32 on the same draws
+    measures below 0.02 nats (docs/EVALUATION.md), the bar under which it may be the default."""
+    if precision != "auto":
+        return precision
+    fast = device.type == "cuda" or (device.type == "cpu" and bool(hardware.bf16_instructions()))
+    return "bf16" if fast else "float32"
+
+
+def _bf16_params(model: VAE, z: Tensor) -> tuple[Tensor, ...]:
+    """The decoder's outputs at z computed under bf16 autocast, cast back to float32."""
+    with torch.autocast(z.device.type, dtype=torch.bfloat16):
+        params = model.decoder(z)
+    return tuple(p.float() for p in params)
+
+
+def log_joint(model: VAE, x: Tensor, z: Tensor, *, precision: str = "float32") -> Tensor:
     """log p(z) + log p(x|z); z may carry leading sample or chain dimensions before x's batch.
 
     For Bernoulli decoders log p(x|z) is computed as sum_d x_d l_d - softplus(l_d) from the
     logits l: the same value as the stable binary cross-entropy, in two passes over the logits
     instead of about eight, which matters because importance sampling is otherwise all matmul.
+    With ``precision="bf16"`` the decoder runs under bf16 autocast and its outputs are cast back
+    to float32 before the likelihood, so only the network's products and activations are rounded.
     """
     dec = model.decoder
+    bf16 = precision == "bf16"
     if dec.likelihood is Bernoulli:
-        logits = dec(z)[0]
+        logits = _bf16_params(model, z)[0] if bf16 else dec(z)[0]
         log_lik = (logits * x).sum(-1) - F.softplus(logits).sum(-1)
+    elif bf16:
+        log_lik = dec.likelihood.log_prob(_bf16_params(model, z), x)
     else:
         log_lik = dec.log_prob(x, z)
     return model.prior.log_prob(z) + log_lik
@@ -110,6 +152,7 @@ class ISResult:
     bound: Tensor
     samples: int
     chunk_size: int
+    precision: str = "float32"
 
 
 def _check_positive(**values: int) -> None:
@@ -148,6 +191,7 @@ def importance_sampling(
     workers: int = 1,
     generator: torch.Generator | None = None,
     progress: Progress = None,
+    precision: str = "float32",
 ) -> ISResult:
     """Importance-sampled log p(x) per datapoint with the encoder q(z|x) as proposal.
 
@@ -159,8 +203,14 @@ def importance_sampling(
     ops each run on one core (no per-op thread synchronisation, which costs dearly on a loaded
     machine); the intra-op thread count is restored afterwards. Each batch draws from its own
     seed taken from ``generator``, so results do not depend on ``workers``.
+
+    ``precision="bf16"`` runs the decoder's products in bf16 (autocast; see
+    :func:`check_precision` for where it may run) while the encoder, the draws, the densities and
+    the log-mean-exp stay float32: with the same ``generator`` the draws z_k are those of the
+    float32 run, so the difference between the two estimates is the rounding's alone.
     """
     _check_positive(samples=samples, chunk_size=chunk_size, workers=workers)
+    check_precision(precision, x.device)
     n = len(x)
     parallel = workers > 1 and x.device.type == "cpu"
     batch = max(1, min(64, chunk_size))  # fixed, so that results do not depend on workers
@@ -176,7 +226,7 @@ def importance_sampling(
         acc = LogMeanExp()
         for k0 in range(0, samples, per_chunk):
             z = q.rsample(min(per_chunk, samples - k0), g)  # (k, B, J)
-            acc.add(log_joint(model, xb, z) - q.log_prob(z))
+            acc.add(log_joint(model, xb, z, precision=precision) - q.log_prob(z))
         if progress is not None:
             progress(len(xb))
         return acc.log_mean, acc.ess, acc.mean_log
@@ -192,6 +242,7 @@ def importance_sampling(
         bound=torch.cat([o[2] for o in outs]),
         samples=samples,
         chunk_size=chunk_size,
+        precision=precision,
     )
 
 

@@ -232,7 +232,9 @@ class OptimOptions(_Group):
         check=between(0, 2**63 - 1),
     )
     precision: Literal["float32", "bf16"] = option(
-        "float32", "bf16: bfloat16 autocast of the training step on CUDA (an error on CPU)"
+        "float32",
+        "bf16: the step's matrix products in bfloat16 with float32 master weights (aevb and "
+        "autoencoder; CUDA, or a CPU with AMX/AVX-512 BF16/ARM BF16, else an error)",
     )
 
 

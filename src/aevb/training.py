@@ -17,9 +17,10 @@ scale of the gradient (up to its epsilon).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -231,6 +232,8 @@ class Trainer:
         self.noise = torch.Generator(device=self.device).manual_seed(split_seed(config.seed, 1))
         self.step_count = 0
         self.seconds = 0.0
+        #: wall seconds this call spent evaluating and checkpointing (``seconds`` is training's)
+        self.spent = {"evaluation": 0.0, "checkpoint": 0.0}
         self.last_good_step: int | None = None  # step of the last checkpoint written or loaded
         self.watch: FiniteWatch | None = None
         self._epoch_x: Tensor | MappedRows | None = None
@@ -536,9 +539,11 @@ class Trainer:
                 if pending and self.samples_seen >= pending[0]:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
-                    records.append(self._log(self.evaluate()))
+                    with self._timed("evaluation"):
+                        records.append(self._log(self.evaluate()))
                     pending.pop(0)
-                    self.checkpoint(due)
+                    with self._timed("checkpoint"):
+                        self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
                     if self.should_stop:  # early stopping (--patience), or a callback's stop
@@ -552,18 +557,29 @@ class Trainer:
                     )
                 ):
                     self.seconds += time.perf_counter() - t0
-                    self.checkpoint(due)
+                    with self._timed("checkpoint"):
+                        self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
         finally:
             self._notify("on_train_end")
         return records
 
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        """Add the block's wall time to ``spent[what]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[what] += time.perf_counter() - t
+
     def _first_evaluation(self, records: list[dict]) -> list[int]:
         """The evaluation points still due; logs the one at 0 samples of a fresh run."""
         pending = [s for s in self.schedule if s >= self.samples_seen]
         if pending and pending[0] == self.samples_seen and self.step_count == 0:
-            records.append(self._log(self.evaluate()))
+            with self._timed("evaluation"):
+                records.append(self._log(self.evaluate()))
             pending.pop(0)
         elif pending and pending[0] == self.samples_seen:
             pending.pop(0)  # already logged before the checkpoint we resumed from

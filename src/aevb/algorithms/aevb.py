@@ -35,13 +35,16 @@ class AEVB(Algorithm):
     """
 
     name = "aevb"
+    has_bf16 = True
 
     def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
         super().__init__(model, config, n_train, lr)
         c = config
         est = c.estimator
         assert est is not None  # TrainConfig resolved it
-        self.use_fast(est, lambda: FastStep(model, self.optimizer, est, c.samples))
+        self.use_fast(
+            est, lambda: FastStep(model, self.optimizer, est, c.samples, c.precision), bf16=True
+        )
         self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
         self.baseline: Tensor | None = None  # the score-function baseline (saved in checkpoints)
 
@@ -122,7 +125,7 @@ def _wide(t: Tensor) -> Tensor:
 
 
 def _autocast(precision: str, x: Tensor) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast of a training step (``precision="bf16"``, CUDA), else no context."""
-    if precision == "bf16" and x.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast of an autograd training step (``precision="bf16"``), else no context."""
+    if precision == "bf16" and x.device.type in ("cuda", "cpu"):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -53,6 +53,7 @@ class AutoEncoder(Algorithm):
     """
 
     name = "autoencoder"
+    has_bf16 = True
     has_bound = False
     reports = "reconstruction"
 

@@ -68,6 +68,8 @@ class Algorithm:
     reports: ClassVar[str | None] = None
     #: Whether the step keeps per-datapoint state, indexed by the minibatch's rows (MCEM's chains).
     needs_index: ClassVar[bool] = False
+    #: Whether the step honours ``precision="bf16"`` (its matrix products in bfloat16).
+    has_bf16: ClassVar[bool] = False
 
     def __init__(self, model: VAE, config: TrainConfig, n_train: int, lr: float) -> None:
         self.model = model
@@ -92,14 +94,17 @@ class Algorithm:
         """What the optimizer trains: the model's parameters (or groups with their own decay)."""
         return self.model.parameters()
 
-    def use_fast(self, estimator: str, build: Callable[[], FastStep]) -> None:
-        """Run the step on the fast engine where it covers the model (``engine`` auto or fast)."""
+    def use_fast(self, estimator: str, build: Callable[[], FastStep], bf16: bool = False) -> None:
+        """Run the step on the fast engine where it covers the model (``engine`` auto or fast);
+        ``bf16``: the engine's step has bf16 products (AEVB's, on CPU)."""
         choice = self.config.engine
         if choice == "autograd":
             return
         reason = unsupported_reason(self.model, estimator) or unsupported_optimizer(self.optimizer)
         if reason is None and self.config.precision == "bf16":
-            reason = "bf16 autocast runs on the autograd step"
+            on_cuda = next(self.model.parameters()).device.type == "cuda"
+            if on_cuda or not bf16:
+                reason = "bf16 autocast runs on the autograd step"
         if reason is None:
             self.fast, self.engine = build(), "fast"
         elif choice == "fast":

@@ -28,6 +28,9 @@ class Run:
     model: VAE
     config: dict
     metrics: list[dict] = field(default_factory=list)
+    #: Where a training call's wall time went (set by :func:`aevb.train`): ``samples`` trained,
+    #: ``training_s`` (the steps), ``evaluation_s``, ``checkpoint_s`` and ``figures_s``.
+    timing: dict = field(default_factory=dict)
 
     @property
     def final(self) -> dict:

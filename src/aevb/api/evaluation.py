@@ -34,6 +34,7 @@ def evaluate(
     batch_size: int = 1000,
     marginal: str | None = None,
     importance_samples: int = 5000,
+    importance_precision: str = "auto",
     points: int | None = None,
     spread: bool = False,
     chunk_size: int = 4096,
@@ -57,7 +58,8 @@ def evaluate(
     through it: the first ones of a file may not be typical, e.g. binarized MNIST's test set).
     ``marginal`` ("is", "hmc" or "both") adds estimates of log p(x) on the same points
     (PAPER.md section 7): importance sampling with the encoder as proposal
-    (``importance_samples`` = K draws per point, decoded ``chunk_size`` pairs at a time) and/or
+    (``importance_samples`` = K draws per point, decoded ``chunk_size`` pairs at a time, the
+    decoder's products in ``importance_precision``: float32, bf16, "auto" = bf16 where fast) and/or
     the Appendix D estimator (``hmc_samples`` posterior draws per point, ``hmc_leapfrog``
     leapfrog steps, ``hmc_warmup`` warm-up transitions adapting the step size to
     ``hmc_target_accept``), each with its standard error over points, its paired gap to the bound
@@ -75,10 +77,10 @@ def evaluate(
     est, iwae_samples = _estimators(estimator, iwae_samples, vae, cfg)
     settings: dict[str, Any] = dict(importance_samples=importance_samples, chunk_size=chunk_size)
     settings.update(hmc_samples=hmc_samples, hmc_leapfrog=hmc_leapfrog, hmc_warmup=hmc_warmup)
-    settings.update(hmc_target_accept=hmc_target_accept)
+    settings.update(hmc_target_accept=hmc_target_accept, importance_precision=importance_precision)
     _check_counts(iwae_samples, samples, marginal, workers, **settings)
     x = _take_points(x, points, spread, split)
-    dev = resolve_device(device)
+    dev, settings["importance_precision"] = _device(device, importance_precision, marginal)
     vae = vae.to(dev)
     t0 = time.perf_counter()
     xt, terms = _bounds(vae, x, est, samples, batch_size, seed, dev)
@@ -187,6 +189,7 @@ def _check_counts(
     workers: int | None,
     *,
     importance_samples: int,
+    importance_precision: str,
     chunk_size: int,
     hmc_samples: int,
     hmc_leapfrog: int,
@@ -213,6 +216,24 @@ def _check_counts(
         raise ConfigError(f"--hmc-warmup must be >= 0, got {hmc_warmup}")
     if not 0.0 < hmc_target_accept < 1.0:
         raise ConfigError(f"--hmc-target-accept must lie in (0, 1), got {hmc_target_accept}")
+
+
+def _device(device: str, precision: str, marginal: str | None) -> tuple[torch.device, str]:
+    """The device to evaluate on and the precision of importance sampling there ("auto": bf16
+    where it is fast); an explicit bf16 needs importance sampling asked for and, on a CPU, bf16
+    instructions (:mod:`aevb.hardware`)."""
+    from ..marginal import check_precision, resolve_precision
+
+    dev = resolve_device(device)
+    if precision == "auto":
+        return dev, resolve_precision(precision, dev)
+    if precision != "float32" and marginal not in ("is", "both"):
+        raise ConfigError(
+            f"--importance-precision {precision} applies to importance sampling: "
+            "add --marginal is (or both)"
+        )
+    check_precision(precision, dev, "--importance-precision")
+    return dev, precision
 
 
 def _take_points(x: np.ndarray, points: int | None, spread: bool, split: str) -> np.ndarray:
@@ -296,6 +317,7 @@ def _marginal_estimate(
                 workers=s["workers"],
                 generator=generator,
                 progress=bar.update,
+                precision=s["importance_precision"],
             )
         else:
             r = mlik.hmc_marginal(
@@ -322,9 +344,12 @@ def _marginal_estimate(
     }
     if isinstance(r, mlik.ISResult):  # method "is"
         ess = r.ess.double().cpu()
+        if r.precision != "float32":  # what ran it: a GPU, the CPU's bf16 instructions, "forced"
+            out["bf16_instructions"] = mlik.check_precision(r.precision, x.device)
         out.update(
             importance_samples=r.samples,
             chunk_size=r.chunk_size,
+            precision=r.precision,
             workers=s["workers"],
             bound_k=float(r.bound.double().mean()),
             bound_k_se=standard_error(r.bound.double().cpu()),

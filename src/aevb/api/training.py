@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed, figures, mlflow_tracking, runs
+from .. import distributed, figures, hardware, mlflow_tracking, runs
 from .._version import __version__
 from ..algorithms import ALGORITHMS
 from ..data import Dataset, MappedRows, check_support, first_rows, load_dataset
@@ -61,11 +62,21 @@ def _build_model(
 
 
 def _check_precision(tcfg: TrainConfig, dev: torch.device) -> None:
-    """bf16 autocast is a CUDA option: on CPU it is an error rather than a silent no-op."""
-    if tcfg.precision == "bf16" and dev.type != "cuda":
+    """bf16 where it is fast: CUDA, or a CPU with bf16 instructions (else one clear error
+    rather than a silent slow path), and only for an algorithm whose step honours it."""
+    if tcfg.precision != "bf16":
+        return
+    if not ALGORITHMS[tcfg.algorithm].has_bf16:
+        bf16 = ", ".join(name for name, a in ALGORITHMS.items() if a.has_bf16)
         raise ConfigError(
-            f"--precision bf16 autocasts on CUDA GPUs only and this run is on {dev.type}; "
-            "drop --precision or use --device cuda"
+            f"--precision bf16 covers the algorithms {bf16}, not {tcfg.algorithm}; "
+            "drop --precision (float32)"
+        )
+    if dev.type == "cpu":
+        hardware.check_cpu_bf16("--precision bf16")
+    elif dev.type != "cuda":
+        raise ConfigError(
+            f"--precision bf16 runs on CUDA GPUs and CPUs, not {dev.type}; drop --precision"
         )
 
 
@@ -527,13 +538,23 @@ def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw
         alg_bytes = sum(t.numel() * t.element_size() for t in trainer.alg.state_tensors().values())
         need = _space_needed(trainer.model, trainer.config, alg_bytes)
         distributed.on_main(lambda: runs.check_space(out_dir, need))
+    seconds, samples = trainer.seconds, trainer.samples_seen  # before this call (resumed)
     trainer.run()
-    trainer.checkpoint()
+    with trainer._timed("checkpoint"):
+        trainer.checkpoint()
     main = distributed.is_main()
     metrics = runs.read_metrics(out_dir) if out_dir is not None and main else trainer.records
     run = Run(out_dir, trainer.model, cfg, metrics)
+    t = time.perf_counter()
     if out_dir is not None and draw and main:
         draw_run_figures(run, ds)
+    run.timing = {
+        "samples": trainer.samples_seen - samples,
+        "training_s": trainer.seconds - seconds,
+        "evaluation_s": trainer.spent["evaluation"],
+        "checkpoint_s": trainer.spent["checkpoint"],
+        "figures_s": time.perf_counter() - t,
+    }
     trainer._notify("on_run_end")  # the run's files are final (aevb.callbacks)
     return run
 
