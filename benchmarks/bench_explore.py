@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from aevb.hardware import describe_cpu
 
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager never downloads a driver
 
@@ -239,17 +239,6 @@ def drive(driver: Any, url: str, moves: int = 30, screenshot: str | Path | None 
     }
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-
-
 def _train(out: Path, args: argparse.Namespace) -> Path:
     import aevb
 
@@ -301,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = dict(server.stats)
     res = {
         "run": str(args.run or f"{args.data}, 784-500-{args.latent_dim}, {args.budget:,} samples"),
-        "cpu": cpu_name(),
+        "cpu": describe_cpu(),
         "points": res["points"],
         "timings": res["timings"],
         "server": stats,

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from aevb.hardware import describe_cpu
 
 CHILD = r"""
 import json, sys, time
@@ -49,22 +49,6 @@ print(json.dumps({"wall_s": wall, "train_s": last["seconds"], "samples": last["s
                   "test_bound": last.get("test_bound"),
                   "peak_rss_mib": peak_rss_mib()}))
 """
-
-
-def cpu_name() -> str:
-    """The CPU's model name and the vector instruction sets it reports."""
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({os.cpu_count()} cores; {', '.join(isa) or 'no AVX2'})"
 
 
 def binarized_mnist_rows() -> np.ndarray:
@@ -114,12 +98,12 @@ def main() -> None:
     t0 = time.perf_counter()
     n = write_big(work / "big.npy", rows, a.gib)
     size = (work / "big.npy").stat().st_size
-    print(f"CPU: {cpu_name()}")
+    print(f"CPU: {describe_cpu()}")
     print(
         f"large file: {n:,} rows x 784 uint8 = {size / 2**30:.2f} GiB "
         f"(written in {time.perf_counter() - t0:.0f} s)"
     )
-    results = {"cpu": cpu_name(), "file_gib": size / 2**30, "budget": a.budget}
+    results = {"cpu": describe_cpu(), "file_gib": size / 2**30, "budget": a.budget}
     for key, spec, mapped in (
         ("large_mapped", work / "big.npy", True),
         ("small_mapped", small, True),

@@ -167,6 +167,8 @@ def test_mcem_adapts_acceptance_and_raises_the_likelihood(tmp_path, small_run):
         budget=15_000,
         eval_per_decade=1,
         eval_marginal_points=20,
+        eval_hmc_samples=20,  # shorter chains than the paper's 50 after 200: a +10 nats check
+        eval_hmc_warmup=50,
     )
     first, last = run.metrics[0], run.metrics[-1]
     assert "train_bound" not in last  # MCEM has no bound ...
@@ -184,6 +186,8 @@ def test_mcem_resumes_exactly(tmp_path, monkeypatch, small_run):
         budget=2_000,
         eval_per_decade=2,
         eval_marginal_points=2,
+        eval_hmc_samples=5,  # the log p(x) estimates only need to be logged: short chains
+        eval_hmc_warmup=10,
     )
     small_run(tmp_path / "full", data=data, **kw)
     with crash_after_checkpoint(3, KeyboardInterrupt), pytest.raises(KeyboardInterrupt):

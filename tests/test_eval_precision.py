@@ -205,7 +205,7 @@ def test_bench_eval_precision_reports_the_paired_bias(run_dir, capsys, monkeypat
     assert bench.main([*argv, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert (
-        res["model"] == "64-30-3" and res["points"] == 30 and res["bf16_instructions"] == "forced"
+        res["model"] == "64-16-2" and res["points"] == 30 and res["bf16_instructions"] == "forced"
     )
     # the float32 column is aevb evaluate's estimate: the same points and draws
     ev = aevb.evaluate(run_dir, marginal="is", points=30, importance_samples=K, workers=1)
@@ -214,4 +214,4 @@ def test_bench_eval_precision_reports_the_paired_bias(run_dir, capsys, monkeypat
     assert 0 < res["max_abs_diff"] < 64 * U and res["verdict"] in ("below", "above", "unsure")
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| 64-30-3 | 200 | 30 |" in out and "bf16 by forced" in out
+    assert "| 64-16-2 | 200 | 30 |" in out and "bf16 by forced" in out

@@ -519,7 +519,7 @@ def test_the_page_in_a_browser(digits_run, tmp_path, capsys):
         print(
             f"\nexplore in Chromium: {t['decodes']} decodes, request median "
             f"{t['fetch_ms']['median']} ms p95 {t['fetch_ms']['p95']} ms, drawn median "
-            f"{t['drawn_ms']['median']} ms ({bench_explore.cpu_name()})"
+            f"{t['drawn_ms']['median']} ms ({bench_explore.describe_cpu()})"
         )
 
 

@@ -41,6 +41,8 @@ SAMPLES = {
 EVAL_SIZE = {"smoke": 300, "quick": 10_000, "paper": 10_000}  # points per split per evaluation
 # Figure 3's Appendix D estimate: the paper's 1 000 train and 1 000 test points at "paper".
 MARGINAL_POINTS = {"smoke": 8, "quick": 200, "paper": 1_000}
+# Figure 3's HMC chains per estimate: the smoke test only proves the pipeline (paper: 50 after 200)
+HMC_CHAINS = {"smoke": {"eval_hmc_samples": 10, "eval_hmc_warmup": 20}}
 GRID = {"smoke": 6, "quick": 20, "paper": 20}  # Figure 4: K x K manifold tiles
 # Figure 4 keeps its model at these counts too, so the manifold is seen forming: at "paper", the
 # quick budget's 3 * 10^6, then 10^7, beside the final 10^8 ("smoke" proves the pipeline).
@@ -150,6 +152,7 @@ def protocol(figure: str, budget: str = "quick", mnist: str = "binarized-mnist")
             "eval_marginal_points": MARGINAL_POINTS[budget],
             # more points for the linear axis; few in the smoke test (each is an HMC estimate)
             "eval_per_decade": 1 if budget == "smoke" else 6,
+            **HMC_CHAINS.get(budget, {}),
         }
         panels = [
             Panel(

@@ -255,6 +255,12 @@ class EvalOptions(_Group):
     eval_marginal_points: int = option(
         1000, "points per split for --eval-marginal (the paper's 1 000)", check=positive
     )
+    eval_hmc_samples: int = option(
+        50, "posterior draws per point for --eval-marginal hmc (the paper's 50)", check=positive
+    )
+    eval_hmc_warmup: int = option(
+        200, "step-size adaptation transitions per point for --eval-marginal hmc", check=positive
+    )
 
 
 @dataclass

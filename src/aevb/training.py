@@ -396,7 +396,14 @@ class Trainer:
             )
             return res.log_px
         init = "encoder" if self.alg.has_bound else "prior"  # MCEM's encoder is never trained
-        return hmc_marginal(self.model, x, init=init, generator=generator).log_px
+        return hmc_marginal(
+            self.model,
+            x,
+            posterior_samples=c.eval_hmc_samples,
+            warmup=c.eval_hmc_warmup,
+            init=init,
+            generator=generator,
+        ).log_px
 
     @property
     def samples_seen(self) -> int:
@@ -539,10 +546,10 @@ class Trainer:
                 if pending and self.samples_seen >= pending[0]:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
-                    with self._timed("evaluation"):
+                    with self.timed("evaluation"):
                         records.append(self._log(self.evaluate()))
                     pending.pop(0)
-                    with self._timed("checkpoint"):
+                    with self.timed("checkpoint"):
                         self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
@@ -557,7 +564,7 @@ class Trainer:
                     )
                 ):
                     self.seconds += time.perf_counter() - t0
-                    with self._timed("checkpoint"):
+                    with self.timed("checkpoint"):
                         self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
@@ -566,7 +573,7 @@ class Trainer:
         return records
 
     @contextlib.contextmanager
-    def _timed(self, what: str) -> Iterator[None]:
+    def timed(self, what: str) -> Iterator[None]:
         """Add the block's wall time to ``spent[what]``."""
         t = time.perf_counter()
         try:
@@ -578,7 +585,7 @@ class Trainer:
         """The evaluation points still due; logs the one at 0 samples of a fresh run."""
         pending = [s for s in self.schedule if s >= self.samples_seen]
         if pending and pending[0] == self.samples_seen and self.step_count == 0:
-            with self._timed("evaluation"):
+            with self.timed("evaluation"):
                 records.append(self._log(self.evaluate()))
             pending.pop(0)
         elif pending and pending[0] == self.samples_seen:

@@ -540,7 +540,7 @@ def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw
         distributed.on_main(lambda: runs.check_space(out_dir, need))
     seconds, samples = trainer.seconds, trainer.samples_seen  # before this call (resumed)
     trainer.run()
-    with trainer._timed("checkpoint"):
+    with trainer.timed("checkpoint"):
         trainer.checkpoint()
     main = distributed.is_main()
     metrics = runs.read_metrics(out_dir) if out_dir is not None and main else trainer.records
