@@ -144,10 +144,21 @@ def test_bf16_on_the_autograd_engine_autocasts_on_cpu(forced_bf16, small_run):
     assert a > bf16.metrics[0]["test_bound"] + 3
 
 
-def test_cpu_description_names_the_model_and_its_vector_sets():
+def test_cpu_description_names_the_model_and_its_vector_sets(monkeypatch):
     text = hardware.describe_cpu()
     assert hardware.cpu_model() in text and "cores" in text
-    assert set(hardware.bf16_instructions()) <= hardware.cpu_flags()
+    x86 = (
+        "processor\t: 0\nmodel name\t: Intel Xeon 8480\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n"
+    )
+    arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU part\t: 0xd40\n"
+    assert hardware.parse_cpuinfo(x86) == (
+        "Intel Xeon 8480",
+        {"fpu", "avx2", "avx512_bf16", "amx_bf16"},
+    )
+    assert hardware.parse_cpuinfo(arm)[1] == {"fp", "asimd", "bf16", "i8mm"}
+    for flags, best in ((x86, "amx_bf16"), (arm, "bf16")):  # the best set found, first
+        monkeypatch.setattr(hardware, "cpu_flags", lambda f=flags: hardware.parse_cpuinfo(f)[1])
+        assert hardware.bf16_instructions()[0] == best
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

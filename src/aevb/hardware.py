@@ -39,11 +39,20 @@ VECTOR_SETS = (
 @functools.cache
 def _cpuinfo() -> tuple[str, frozenset[str]]:
     """(model name, instruction-set flags) as the operating system reports them."""
-    name, flags = "", frozenset[str]()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
+    name, flags = parse_cpuinfo(text)
+    if not text and platform.system() == "Darwin":
+        name, flags = _sysctl_cpu()
+    return name or platform.processor() or platform.machine() or "unknown CPU", flags
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(model name, flags) of Linux's /proc/cpuinfo text: x86 "model name"/"flags", ARM
+    "Hardware" or "CPU model"/"Features"; the first processor's."""
+    name, flags = "", frozenset[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -51,9 +60,7 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
             name = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = frozenset(value.split())
-    if not text and platform.system() == "Darwin":
-        name, flags = _sysctl_cpu()
-    return name or platform.processor() or platform.machine() or "unknown CPU", flags
+    return name, flags
 
 
 def _sysctl_cpu() -> tuple[str, frozenset[str]]:
@@ -100,6 +107,21 @@ def describe_cpu() -> str:
 def forced_bf16() -> bool:
     """Whether :data:`FORCE_ENV` asks for the bf16 path on a CPU without bf16 instructions."""
     return os.environ.get(FORCE_ENV, "") == "1"
+
+
+def check_bf16(device_type: str, option: str = "--precision bf16") -> str:
+    """What runs ``option`` (bf16 products) on a device of ``device_type``: "cuda", or the CPU's
+    bf16 instruction set (see :func:`check_cpu_bf16`); a :class:`ConfigError` elsewhere."""
+    if device_type == "cuda":
+        return "cuda"
+    if device_type != "cpu":
+        raise ConfigError(f"{option} runs on CUDA GPUs and CPUs, not {device_type}; drop it")
+    return check_cpu_bf16(option)
+
+
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether bf16 products beat float32 there: a CUDA GPU, or a CPU with bf16 instructions."""
+    return device_type == "cuda" or (device_type == "cpu" and bool(bf16_instructions()))
 
 
 def check_cpu_bf16(option: str = "--precision bf16") -> str:

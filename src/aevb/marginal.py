@@ -52,11 +52,7 @@ def check_precision(precision: str, device: torch.device, option: str = "precisi
         raise ConfigError(f"unknown {option} {precision!r}; choose float32 or bf16")
     if precision == "float32":
         return "float32"
-    if device.type == "cuda":
-        return "cuda"
-    if device.type != "cpu":
-        raise ConfigError(f"{option} bf16 runs on CPU or CUDA, not {device.type}")
-    return hardware.check_cpu_bf16(f"{option} bf16")
+    return hardware.check_bf16(device.type, f"{option} bf16")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -65,8 +61,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     measures below 0.02 nats (docs/EVALUATION.md), the bar under which it may be the default."""
     if precision != "auto":
         return precision
-    fast = device.type == "cuda" or (device.type == "cpu" and bool(hardware.bf16_instructions()))
-    return "bf16" if fast else "float32"
+    return "bf16" if hardware.bf16_is_fast(device.type) else "float32"
 
 
 def _bf16_params(model: VAE, z: Tensor) -> tuple[Tensor, ...]:

@@ -17,11 +17,12 @@ scale of the gradient (up to its epsilon).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -47,6 +48,8 @@ from .runs import owned_tensor
 from .seeds import split_seed
 from .settings import TrainConfig
 from .stats import standard_error
+
+R = TypeVar("R")
 
 # --------------------------------------------------------------------------- optimizer state
 
@@ -98,6 +101,23 @@ def eval_schedule(total: int, batch: int, per_decade: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- evaluation records
+
+
+def _timed(what: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Decorate a Trainer method: add each call's wall time to ``trainer.spent[what]``."""
+
+    def wrap(method: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(method)
+        def timed(self: Trainer, *args: Any, **kwargs: Any) -> R:
+            t = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.spent[what] += time.perf_counter() - t
+
+        return timed
+
+    return wrap
 
 
 def _due(counts: list[int], samples_seen: int) -> list[int]:
@@ -334,6 +354,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
+    @_timed("evaluation")
     def evaluate(self) -> dict:
         """Train and test bounds (mean and standard error over points) at the current step."""
         rec: dict = {"samples_seen": self.samples_seen, "seconds": round(self.seconds, 3)}
@@ -438,6 +459,7 @@ class Trainer:
         self.should_stop = self.selection.stop  # a run stopped early (--patience) stays stopped
         self._rank_noise()
 
+    @_timed("checkpoint")
     def checkpoint(self, snapshots: Sequence[int] = ()) -> None:
         """Write training state and model as one crash-safe change (:func:`aevb.runs.commit`),
         with the model also as each snapshot of ``snapshots`` (``--snapshots``) now due.
@@ -546,11 +568,9 @@ class Trainer:
                 if pending and self.samples_seen >= pending[0]:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
-                    with self.timed("evaluation"):
-                        records.append(self._log(self.evaluate()))
+                    records.append(self._log(self.evaluate()))
                     pending.pop(0)
-                    with self.timed("checkpoint"):
-                        self.checkpoint(due)
+                    self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
                     if self.should_stop:  # early stopping (--patience), or a callback's stop
@@ -564,29 +584,18 @@ class Trainer:
                     )
                 ):
                     self.seconds += time.perf_counter() - t0
-                    with self.timed("checkpoint"):
-                        self.checkpoint(due)
+                    self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
         finally:
             self._notify("on_train_end")
         return records
 
-    @contextlib.contextmanager
-    def timed(self, what: str) -> Iterator[None]:
-        """Add the block's wall time to ``spent[what]``."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.spent[what] += time.perf_counter() - t
-
     def _first_evaluation(self, records: list[dict]) -> list[int]:
         """The evaluation points still due; logs the one at 0 samples of a fresh run."""
         pending = [s for s in self.schedule if s >= self.samples_seen]
         if pending and pending[0] == self.samples_seen and self.step_count == 0:
-            with self.timed("evaluation"):
-                records.append(self._log(self.evaluate()))
+            records.append(self._log(self.evaluate()))
             pending.pop(0)
         elif pending and pending[0] == self.samples_seen:
             pending.pop(0)  # already logged before the checkpoint we resumed from

@@ -77,7 +77,7 @@ def evaluate(
     est, iwae_samples = _estimators(estimator, iwae_samples, vae, cfg)
     settings: dict[str, Any] = dict(importance_samples=importance_samples, chunk_size=chunk_size)
     settings.update(hmc_samples=hmc_samples, hmc_leapfrog=hmc_leapfrog, hmc_warmup=hmc_warmup)
-    settings.update(hmc_target_accept=hmc_target_accept, importance_precision=importance_precision)
+    settings.update(hmc_target_accept=hmc_target_accept)
     _check_counts(iwae_samples, samples, marginal, workers, **settings)
     x = _take_points(x, points, spread, split)
     dev, settings["importance_precision"] = _device(device, importance_precision, marginal)
@@ -189,7 +189,6 @@ def _check_counts(
     workers: int | None,
     *,
     importance_samples: int,
-    importance_precision: str,
     chunk_size: int,
     hmc_samples: int,
     hmc_leapfrog: int,

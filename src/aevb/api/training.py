@@ -72,12 +72,7 @@ def _check_precision(tcfg: TrainConfig, dev: torch.device) -> None:
             f"--precision bf16 covers the algorithms {bf16}, not {tcfg.algorithm}; "
             "drop --precision (float32)"
         )
-    if dev.type == "cpu":
-        hardware.check_cpu_bf16("--precision bf16")
-    elif dev.type != "cuda":
-        raise ConfigError(
-            f"--precision bf16 runs on CUDA GPUs and CPUs, not {dev.type}; drop --precision"
-        )
+    hardware.check_bf16(dev.type, "--precision bf16")
 
 
 def _valid_tensor(
@@ -540,8 +535,7 @@ def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw
         distributed.on_main(lambda: runs.check_space(out_dir, need))
     seconds, samples = trainer.seconds, trainer.samples_seen  # before this call (resumed)
     trainer.run()
-    with trainer.timed("checkpoint"):
-        trainer.checkpoint()
+    trainer.checkpoint()
     main = distributed.is_main()
     metrics = runs.read_metrics(out_dir) if out_dir is not None and main else trainer.records
     run = Run(out_dir, trainer.model, cfg, metrics)
