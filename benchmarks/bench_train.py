@@ -12,7 +12,9 @@ number of samples:
 - ``plain``: a straightforward eager loop in the style of the official PyTorch VAE example
   (nn.Module, autograd, ``torch.optim.Adagrad`` with default settings, minibatches sliced from a
   tensor), with the same math; for ``--algorithm wake-sleep`` the same loop taking wake-sleep
-  steps (wake: -log p(x, z) with z ~ q(z|x) fixed; sleep: -log q(z_d|x_d) on dreams);
+  steps (wake: -log p(x, z) with z ~ q(z|x) fixed; sleep: -log q(z_d|x_d) on dreams); for
+  ``--estimator iwae`` (K = ``--samples``, ``--iwae-gradient``) there is no plain loop: the
+  ``autograd`` engine takes its place;
 - ``ceiling``: every matrix product of one training step at these shapes (AEVB's, or wake-sleep's
   for ``--algorithm wake-sleep``), back to back into preallocated outputs, plus one fused
   optimizer pass over all the parameters: what a step costs with no elementwise work, no Python
@@ -39,6 +41,7 @@ spread (min..max) is printed with each median.
     python benchmarks/bench_train.py --algorithm wake-sleep --threads 1 --clock cpu
     python benchmarks/bench_train.py --modern --threads 1   # 784-200-200-50 relu, Adam, + autograd
     python benchmarks/bench_train.py --bf16               # + bf16 products and their ceiling
+    python benchmarks/bench_train.py --modern --estimator iwae --samples 5 --iwae-gradient dreg
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class AevbWorker:
             engine=spec["engine"],
             budget=10**12,
             precision=spec.get("precision", "float32"),
+            iwae_gradient=spec.get("iwae_gradient", "standard"),
         )
         mcfg = ModelConfig(
             x_dim=d,
@@ -544,7 +548,9 @@ def describe(spec: dict) -> str:
     return (
         f"{spec['data']} shapes ({d}-{hidden}-{spec['latent']} {lik}, "
         f"{spec.get('activation', 'tanh')}, N={n}), M={spec['M']}, "
-        f"L={spec['samples']}, estimator {spec['estimator']}, {spec['optimizer']}, "
+        f"{'K' if spec['estimator'] == 'iwae' else 'L'}={spec['samples']}, estimator "
+        f"{spec['estimator']}{' (dreg)' if spec.get('iwae_gradient') == 'dreg' else ''}, "
+        f"{spec['optimizer']}, "
         f"algorithm {spec['algorithm']}, device {spec['device']}, "
         f"threads {spec['threads'] or 'default'}, {spec['clock']} clock"
     )
@@ -708,7 +714,8 @@ def main(argv=None) -> None:
         help="the modern benchmark's model: " + " ".join(MODERN) + " (later flags override)",
     )
     ap.add_argument("--samples", type=int, default=1, help="L, samples per datapoint")
-    ap.add_argument("--estimator", choices=("A", "B"), default="B")
+    ap.add_argument("--estimator", choices=("A", "B", "iwae"), default="B")
+    ap.add_argument("--iwae-gradient", choices=("standard", "dreg"), default="standard")
     ap.add_argument("--optimizer", choices=("adagrad", "adam"), default="adagrad")
     ap.add_argument("--algorithm", default="aevb", help="registered algorithm for the aevb side")
     ap.add_argument("--engine", choices=("auto", "fast", "autograd"), default="auto")
@@ -755,6 +762,7 @@ def main(argv=None) -> None:
         "activation": args.activation,
         "samples": args.samples,
         "estimator": args.estimator,
+        "iwae_gradient": args.iwae_gradient,
         "optimizer": args.optimizer,
         "algorithm": args.algorithm,
         "engine": args.engine,
@@ -770,6 +778,10 @@ def main(argv=None) -> None:
         _allow_bf16(args.device)
     if any(c not in WORKERS for c in contenders):
         ap.error(f"--contenders takes a subset of {','.join(WORKERS)}")
+    if args.estimator == "iwae" and "plain" in contenders:
+        print("(no plain loop for iwae: comparing with the autograd engine and the ceiling)")
+        contenders = tuple(c for c in contenders if c != "plain")
+        contenders += () if "autograd" in contenders else ("autograd",)
     if args.algorithm not in PLAIN_ALGORITHMS and "plain" in contenders:
         print(f"(no plain loop for {args.algorithm}: comparing with the ceiling only)")
         contenders = tuple(c for c in contenders if c != "plain")

@@ -107,11 +107,20 @@ def test_iwae_training_logs_both_bounds_under_their_names(tmp_path, small_run):
     assert res["iwae_bound"] > res["bound"]
 
 
-def test_iwae_runs_on_the_autograd_step():
+def test_iwae_engines():
+    """The MLP with a Gaussian posterior trains IWAE on the fast engine (tests/test_fast_iwae.py);
+    other posterior families on autograd, with either encoder gradient."""
     model = VAE(ModelConfig(x_dim=10, latent_dim=2, hidden=8))
-    alg = AEVB(model, TrainConfig(estimator="iwae", samples=3), 100, 0.01)
-    assert alg.engine == "autograd" and "estimators A and B" in alg.engine_note
-    assert AEVB(model, TrainConfig(estimator="B"), 100, 0.01).engine == "fast"
+    assert AEVB(model, TrainConfig(estimator="iwae", samples=3), 100, 0.01).engine == "fast"
+    gumbel = VAE(ModelConfig(x_dim=10, latent_dim=2, hidden=8, posterior="gumbel"))
+    for grad in ("standard", "dreg"):
+        cfg = TrainConfig(estimator="iwae", samples=3, iwae_gradient=grad)
+        alg = AEVB(gumbel, cfg, 100, 0.01)
+        assert alg.engine == "autograd" and "Gaussian posterior" in alg.engine_note
+        before = [p.detach().clone() for p in gumbel.parameters()]
+        bound = alg.step(torch.rand(7, 10), torch.Generator().manual_seed(0))
+        assert bound.shape == () and torch.isfinite(bound)
+        assert all(not torch.equal(a, p) for a, p in zip(before, gumbel.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ smoke budget end to end on the real data, resumption, and refusal of mismatched 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -391,6 +392,47 @@ def test_doc_images_stay_small():
     assert images
     for p in images:
         assert p.stat().st_size < 300_000, p
+
+
+def test_sigint_to_a_parallel_reproduction_stops_its_running_curves(tmp_path, shared_data_dir):
+    """SIGINT to the parent alone (kill -INT; a terminal's Ctrl-C reaches every worker too): the
+    curves training in the worker processes are interrupted, not waited for to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "f4"
+    argv = ["reproduce", "figure4", "--budget", "smoke", "--jobs", "2", "--quiet"]
+    argv += ["--out", str(out), "--data-dir", str(shared_data_dir)]
+    code = "import sys; from aevb import experiments, cli\n"
+    code += "experiments.SAMPLES['figure4']['smoke'] = 10**9\n"  # hours: never waited for
+    code += f"sys.exit(cli.main({argv!r}))"
+    env = dict(os.environ, AEVB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, so that a failure leaves no worker
+    )
+    curves = [out / "frey-nz2" / "aevb", out / "mnist-nz2" / "aevb"]
+    try:
+        deadline = time.monotonic() + 180
+        while not all((d / runs.CONFIG).exists() for d in curves) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # both curves are training in their workers
+        proc.send_signal(signal.SIGINT)  # the parent only
+        _, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "aevb: interrupted; run the same command again to continue"
+    )
+    assert all((d / runs.CONFIG).exists() for d in curves)  # they had started
 
 
 def test_ctrl_c_stops_with_one_line_and_the_same_command_continues(tmp_path, shared_data_dir):

@@ -9,8 +9,10 @@ training than :func:`aevb.api.train` exposes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -485,7 +487,6 @@ def _train_parallel(
 ) -> None:
     """Train the curves in ``jobs`` spawned worker processes; one line per finished curve."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from .data import load_dataset
@@ -524,10 +525,24 @@ def _train_parallel(
                         if k in last
                     )
                     tqdm.write(f"{where(i, p, c)}: done ({vals})")
-        finally:
-            bar.close()
+        except BaseException:
+            # an error or Ctrl-C: cancel the queued curves and stop the running ones as Ctrl-C
+            # stops them (their checkpoints resume them), rather than wait for them to finish
             for fut in futures:
                 fut.cancel()
+            _interrupt(multiprocessing.active_children())
+            raise
+        finally:
+            bar.close()
+
+
+def _interrupt(processes: list) -> None:
+    """Send SIGINT to each process (a worker that already left is skipped)."""
+    import signal
+
+    for proc in processes:
+        with contextlib.suppress(ProcessLookupError, AttributeError):
+            os.kill(proc.pid, signal.SIGINT)
 
 
 def _plain(title: str) -> str:

@@ -61,6 +61,9 @@ class Family(LatentDistribution):
             raise ValueError(f"{cls.__name__} takes {cls.n_params} parameter tensors")
         return cls(*raw)
 
+    def detached(self) -> Family:
+        return type(self)(*(r.detach() for r in self.raw))
+
     @property
     def batch_shape(self) -> torch.Size:
         return torch.broadcast_shapes(*(r.shape for r in self.raw))

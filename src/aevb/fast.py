@@ -40,6 +40,7 @@ gradient buffer the optimizer reads and the optimizer's state stay float32 (the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
@@ -84,6 +85,7 @@ def tune_allocator() -> bool:
 ACTIVATIONS = ("tanh", "relu")
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 LIKELIHOODS = ("bernoulli", "gaussian")
+ESTIMATORS = ("A", "B", "iwae")
 OPTIMIZERS = {torch.optim.Adagrad: "adagrad", torch.optim.Adam: "adam"}
 
 
@@ -103,10 +105,10 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
     if estimator == "score-function":
         return (
             "the fast step's hand-written backward is the reparameterization gradient of "
-            "estimators A and B, not the score function's"
+            "estimators A, B and iwae, not the score function's"
         )
-    if estimator not in ("A", "B"):
-        return f"the fast step covers estimators A and B, not {estimator!r}"
+    if estimator not in ESTIMATORS:
+        return f"the fast step covers estimators {ESTIMATORS}, not {estimator!r}"
     if getattr(c, "architecture", "mlp") != "mlp":
         return f"the fast step covers the MLP encoder/decoder, not {c.architecture!r}"
     params = list(model.parameters())
@@ -178,6 +180,7 @@ class FastStep:
         estimator: str = "B",
         samples: int = 1,
         precision: str = "float32",
+        dreg: bool = False,
     ) -> None:
         reason = unsupported_reason(model, estimator) or unsupported_optimizer(optimizer)
         if reason is not None:
@@ -194,7 +197,10 @@ class FastStep:
         self._fused_adagrad_ = compat.fused_adagrad_
         self._fused_adam_ = compat.fused_adam_
         self._softplus = compat.softplus
+        if dreg and estimator != "iwae":
+            raise ValueError("the doubly reparameterized gradient (dreg) is estimator iwae's")
         self.estimator = estimator
+        self.iwae, self.dreg = estimator == "iwae", dreg
         self.L = int(samples)
         c = cast("ModelConfig", model.config)  # checked by unsupported_reason
         self.J, self.D = c.latent_dim, c.x_dim
@@ -344,6 +350,10 @@ class FastStep:
                 ge=torch.empty(m, 2 * J, **kw),
                 tj=torch.empty(m, J, **kw),
             )
+            if self.iwae:  # per draw: log p(x|z), log w and the normalised weights
+                b.lp, b.lp2 = torch.empty(n, **kw), torch.empty(n, **kw)
+                b.lw, b.lw2, b.wt = (torch.empty(L, m, **kw) for _ in range(3))
+                b.lvs, b.lse = torch.empty(m, **kw), torch.empty(m, **kw)
             b.mu, b.lv = b.e[:, :J], b.e[:, J:]
             b.gmu, b.glv = b.ge[:, :J], b.ge[:, J:]
             b.z2 = b.z.view(n, J)
@@ -382,7 +392,7 @@ class FastStep:
             x = x.to(device=self.device, dtype=self.dtype)
         x = x.contiguous()
         m = x.shape[0]
-        L, J = self.L, self.J
+        L = self.L
         n = L * m
         s = 1.0 / n
         b = self._bufs(m)
@@ -405,48 +415,104 @@ class FastStep:
         h = self._forward(self._dec, z_m, b.hd)
         self._widen(torch.addmm(bd, h, Wd.t(), out=b.o_m), b.o)
 
-        # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M))
-        logp = self._gaussian(x, b, n) if self.gaussian else self._bernoulli(x, b)
+        # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M));
+        # iwae: log p(x|z) per draw, and G weighted by the draws' normalised importance weights
+        if self.iwae:
+            self._likelihood(x, b, n, rows=True)
+            bound = self._importance_weights(b, m) * (1.0 / m)
+            b.go.view(L, m, -1).mul_(b.wt.unsqueeze(-1))
+            s = 1.0 / m
+        else:
+            logp = self._likelihood(x, b, n, rows=False)
 
         # ---- backward through the decoder (the factor s folded into alpha), down to z
-        gz = b.gz
         go_m = self._narrow(b.go, b.go_m)
         self._backward(self._dec, self._dec_head, go_m, b.hd, b.ghd, z_m, s, b.gz_m)
-        self._widen(b.gz_m, gz)
+        self._widen(b.gz_m, b.gz)
 
         # ---- the latent layer: reparameterisation and the KL / log-density terms
-        inv_m = 1.0 / m
-        kw = kl_weight * inv_m  # = inv_m exactly when beta = 1
-        gmu, glv, tj = b.gmu, b.glv, b.tj
-        if self.estimator == "A":
-            # log p(z) - log q(z|x) = -1/2 (z^2 - logvar - eps^2), summed (before z is reused)
-            extra = (L * lv.sum() + eps.square().sum() - z.square().sum()) * 0.5
-            gz.add_(z, alpha=s * kl_weight)  # d(-log p(z))/dz; log q(z|x) only depends on logvar
-        if L == 1:
-            gz1 = gz.view(m, J)
-            torch.mul(gz1, eps[0], out=glv)
-            gmu.copy_(gz1)
+        if self.iwae:
+            self._latent_iwae(b, m)
         else:
-            torch.mul(gz.view(L, m, J), eps, out=b.z)  # z is no longer needed: reuse it
-            torch.sum(b.z, 0, out=glv)
-            torch.sum(gz.view(L, m, J), 0, out=gmu)
-        glv.mul_(std).mul_(0.5)  # dz/dlogvar = eps * std / 2
-        if self.estimator == "B":
-            gmu.add_(mu, alpha=kw)  # d KL / d mu = mu
-            torch.mul(std, std, out=tj)
-            glv.add_(tj, alpha=0.5 * kw).sub_(0.5 * kw)  # d KL / d logvar = (s^2 - 1) / 2
-            # sum of KL over the minibatch: -1/2 sum(1 + logvar - mu^2 - s^2); tj <- s^2 + mu^2
-            kl = (tj.addcmul_(mu, mu).sum() - lv.sum() - float(m * J)) * 0.5
-            bound = (logp * (1.0 / L) - kl) * inv_m
-        else:
-            glv.sub_(0.5 * kw)  # d(log q)/d logvar = -1/2 per sample
-            bound = (logp + extra) * s
+            bound = self._latent(b, m, kl_weight, logp)
 
         # ---- backward through the encoder
         ge_m = self._narrow(b.ge, b.ge_m)
         self._backward(self._enc, self._enc_head, ge_m, b.he, b.ghe, x_m, None, None)
         self._widen(self.grad_m, self.grad)  # bf16: the optimizer reads float32 gradients
         return bound
+
+    def _likelihood(self, x: Tensor, b: SimpleNamespace, n: int, rows: bool) -> Tensor:
+        """log p(x|z) summed (rows: per draw, into b.lp) and b.go = -d log p / d o."""
+        return self._gaussian(x, b, n, rows) if self.gaussian else self._bernoulli(x, b, rows)
+
+    def _latent(self, b: SimpleNamespace, m: int, kl_weight: float, logp: Tensor) -> Tensor:
+        """Estimators A and B: b.ge <- -d bound / d(mu, logvar) from b.gz and the KL (B) or
+        log-density (A) terms, the KL's gradient times ``kl_weight``; returns the mean bound."""
+        L, J = self.L, self.J
+        s, inv_m = 1.0 / (L * m), 1.0 / m
+        kw = kl_weight * inv_m  # = inv_m exactly when beta = 1
+        mu, lv, std, eps, z, gz = b.mu, b.lv, b.std, b.eps, b.z2, b.gz
+        gmu, glv, tj = b.gmu, b.glv, b.tj
+        if self.estimator == "A":
+            # log p(z) - log q(z|x) = -1/2 (z^2 - logvar - eps^2), summed (before z is reused)
+            extra = (L * lv.sum() + eps.square().sum() - z.square().sum()) * 0.5
+            gz.add_(z, alpha=s * kl_weight)  # d(-log p(z))/dz; log q(z|x) only depends on logvar
+        self._pathwise(b, m)
+        if self.estimator == "B":
+            gmu.add_(mu, alpha=kw)  # d KL / d mu = mu
+            torch.mul(std, std, out=tj)
+            glv.add_(tj, alpha=0.5 * kw).sub_(0.5 * kw)  # d KL / d logvar = (s^2 - 1) / 2
+            # sum of KL over the minibatch: -1/2 sum(1 + logvar - mu^2 - s^2); tj <- s^2 + mu^2
+            kl = (tj.addcmul_(mu, mu).sum() - lv.sum() - float(m * J)) * 0.5
+            return (logp * (1.0 / L) - kl) * inv_m
+        glv.sub_(0.5 * kw)  # d(log q)/d logvar = -1/2 per sample
+        return (logp + extra) * s
+
+    def _pathwise(self, b: SimpleNamespace, m: int) -> None:
+        """b.gmu, b.glv <- the gradient b.gz at the draws z = mu + std * eps, carried back to
+        mu and logvar (dz/dmu = 1, dz/dlogvar = eps * std / 2) and summed over the draws."""
+        L, J, gz, eps = self.L, self.J, b.gz, b.eps
+        if L == 1:
+            gz1 = gz.view(m, J)
+            torch.mul(gz1, eps[0], out=b.glv)
+            b.gmu.copy_(gz1)
+        else:
+            torch.mul(gz.view(L, m, J), eps, out=b.z)  # z is no longer needed: reuse it
+            torch.sum(b.z, 0, out=b.glv)
+            torch.sum(gz.view(L, m, J), 0, out=b.gmu)
+        b.glv.mul_(b.std).mul_(0.5)
+
+    def _importance_weights(self, b: SimpleNamespace, m: int) -> Tensor:
+        """b.lw <- log w = log p(x|z) + log p(z) - log q(z|x) per draw (from b.lp), b.wt <- the
+        weights normalised over the K draws of each point; returns the IWAE bound summed over
+        the minibatch, sum_i [logsumexp_k log w_ki - log K]."""
+        L, J = self.L, self.J
+        sq, lw, lw2 = b.gz.view(L, m, J), b.lw, b.lw2  # gz: scratch until the decoder's backward
+        # log p(z) - log q(z|x) = -1/2 sum_j (z^2 - logvar - eps^2): the log 2 pi cancel
+        torch.sum(torch.mul(b.z, b.z, out=sq), 2, out=lw2)
+        torch.sub(b.lp.view(L, m), lw2, alpha=0.5, out=lw)
+        torch.sum(torch.mul(b.eps, b.eps, out=sq), 2, out=lw2)
+        lw.add_(lw2, alpha=0.5).add_(torch.sum(b.lv, 1, out=b.lvs), alpha=0.5)
+        lse = torch.logsumexp(lw, 0, out=b.lse)
+        torch.sub(lw, lse, out=b.wt).exp_()
+        return lse.sum() - float(m * math.log(L))
+
+    def _latent_iwae(self, b: SimpleNamespace, m: int) -> None:
+        """IWAE: b.ge <- -d bound / d(mu, logvar). b.gz holds w_k / M times -d log p(x|z_k)/dz_k.
+        Standard: add w_k / M times d(-log p(z))/dz = z, and log q's own -1/2 per logvar. DReG:
+        the whole -d log w / dz with q's parameters held (the log q term is -eps / std), each
+        draw weighted w_k^2 / M, and nothing through log q's parameters directly."""
+        inv_m = 1.0 / m
+        z, gz, wt = b.z, b.gz.view(self.L, m, self.J), b.wt.unsqueeze(-1)
+        if self.dreg:
+            z.addcdiv_(b.eps, b.std, value=-1.0)  # z - eps / std (z is not needed again)
+            gz.addcmul_(z, wt, value=inv_m).mul_(wt)
+        else:
+            gz.addcmul_(z, wt, value=inv_m)
+        self._pathwise(b, m)
+        if not self.dreg:
+            b.glv.sub_(0.5 * inv_m)  # the weights of each point sum to 1
 
     def _narrow(self, t: Tensor, t_m: Tensor) -> Tensor:
         """t as the products take it: its bf16 copy under bf16 (t_m), else t itself."""
@@ -516,17 +582,21 @@ class FastStep:
         else:
             torch.ops.aten.tanh_backward.grad_input(g, h, grad_input=g)
 
-    def _bernoulli(self, x: Tensor, b: SimpleNamespace) -> Tensor:
+    def _bernoulli(self, x: Tensor, b: SimpleNamespace, rows: bool = False) -> Tensor:
         o, go = b.o, b.go
         L, m, D = self.L, x.shape[0], self.D
         # log p = sum x*o - softplus(o), the stable form of x log y + (1-x) log(1-y)
-        xo = torch.mv(o.view(L, m * D), x.view(m * D), out=b.xo).sum()
-        sp = self._softplus(o, 1.0, 20.0, out=b.t1).sum()
+        sp = self._softplus(o, 1.0, 20.0, out=b.t1)
+        if rows:
+            torch.mul(o.view(L, m, D), x, out=b.t2.view(L, m, D))
+            logp = torch.sum(b.t2.sub_(sp), 1, out=b.lp)
+        else:
+            logp = torch.mv(o.view(L, m * D), x.view(m * D), out=b.xo).sum() - sp.sum()
         torch.sigmoid(o, out=go)
         go.view(L, m, D).sub_(x)  # -(x - sigmoid(o))
-        return xo - sp
+        return logp
 
-    def _gaussian(self, x: Tensor, b: SimpleNamespace, n: int) -> Tensor:
+    def _gaussian(self, x: Tensor, b: SimpleNamespace, n: int, rows: bool = False) -> Tensor:
         L, m, D = self.L, x.shape[0], self.D
         o, go = b.o, b.go
         raw, lv = o[:, :D], o[:, D:]
@@ -537,9 +607,14 @@ class FastStep:
         # slice parallelises poorly (54 us against 25 us for copy + exp, 100 x 560, 2 threads)
         torch.div(r, q.copy_(lv).exp_(), out=q)
         # log p = -1/2 sum(log 2 pi + logvar + (x - mean)^2 exp(-logvar))
-        logp = (torch.dot(q.view(-1), r.view(-1)) + lv.sum() + float(n * D) * LOG_2PI) * -0.5
+        if not rows:
+            logp = (torch.dot(q.view(-1), r.view(-1)) + lv.sum() + float(n * D) * LOG_2PI) * -0.5
         # -d log p / d logvar = (1 - (x - mean)^2 exp(-logvar)) / 2
         torch.addcmul(self._half, q, r, value=-0.5, out=go[:, D:])
+        if rows:  # per draw from that: log p = sum(-d log p / d logvar) - 1/2 sum(1 + log 2 pi
+            # + logvar), with no n x D temporary
+            torch.sum(go[:, D:], 1, out=b.lp).sub_(torch.sum(lv, 1, out=b.lp2), alpha=0.5)
+            logp = b.lp.sub_(0.5 * D * (1.0 + LOG_2PI))
         # -d log p / d raw = (mean - x) exp(-logvar) mean (1 - mean)
         torch.ops.aten.sigmoid_backward.grad_input(q, mean, grad_input=go[:, :D])
         return logp

@@ -49,6 +49,11 @@ class LatentDistribution:
         """A representative latent point (the median), e.g. for reconstructions."""
         raise NotImplementedError
 
+    def detached(self) -> LatentDistribution:
+        """The same distribution with its parameters cut from the graph: log_prob(z) then
+        carries gradient through z only (the doubly reparameterized IWAE gradient needs it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot detach its parameters")
+
 
 class DiagonalNormal(LatentDistribution):
     """N(mu, diag(exp(logvar))): the paper's approximate posterior (Appendix C)."""
@@ -80,6 +85,9 @@ class DiagonalNormal(LatentDistribution):
     def log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 * torch.exp(-self.logvar)).sum(-1)
 
+    def detached(self) -> DiagonalNormal:
+        return DiagonalNormal(self.mu.detach(), self.logvar.detach())
+
 
 class StandardNormal(LatentDistribution):
     """N(0, I) over ``dim`` latent variables: the paper's prior p(z)."""
@@ -102,6 +110,9 @@ class StandardNormal(LatentDistribution):
 
     def log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+    def detached(self) -> StandardNormal:
+        return self
 
     def icdf(self, u: Tensor) -> Tensor:
         """Inverse CDF per coordinate (used to map a unit-square grid to z, Figure 4)."""

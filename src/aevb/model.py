@@ -15,7 +15,15 @@ from torch import Tensor, nn
 from .diagnostics import BoundTerms, bound_terms
 from .distributions import POSTERIORS, PRIORS, has_analytic_kl
 from .errors import ConfigError
-from .estimators import ESTIMATORS, SCORE_FUNCTION, elbo, elbo_terms, iwae_bound, score_function
+from .estimators import (
+    ESTIMATORS,
+    SCORE_FUNCTION,
+    elbo,
+    elbo_terms,
+    iwae_bound,
+    iwae_dreg,
+    score_function,
+)
 from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
 from .options import between, bounded_int, option, positive, validate
 
@@ -316,6 +324,17 @@ class VAE(nn.Module):
         if int(samples) < 1:
             raise ConfigError(f"the IWAE bound needs samples >= 1, got {samples}")
         return iwae_bound(
+            self.encoder, self.decoder, self.prior, self._as_tensor(x), samples, generator
+        )
+
+    def iwae_dreg(
+        self, x: TensorLike, samples: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The doubly reparameterized IWAE surrogate and the IWAE bound, per datapoint
+        (:func:`aevb.estimators.iwae_dreg`): descend -surrogate, report the bound."""
+        if int(samples) < 1:
+            raise ConfigError(f"the IWAE bound needs samples >= 1, got {samples}")
+        return iwae_dreg(
             self.encoder, self.decoder, self.prior, self._as_tensor(x), samples, generator
         )
 

@@ -167,6 +167,12 @@ class ObjectiveOptions(_Group):
         "score-function estimator: subtract a running mean of the bound (decay 0.9) from f",
     )
     samples: int = option(1, "L (K for iwae), samples per datapoint", check=positive)
+    iwae_gradient: Literal["standard", "dreg"] = option(
+        "standard",
+        "--estimator iwae: the encoder's gradient, standard (Burda et al.) or dreg (doubly "
+        "reparameterized, Tucker et al. 2018: same expectation, its signal-to-noise ratio "
+        "does not fall as K grows)",
+    )
     binarize: Binarize = option(
         "grey",
         "Bernoulli targets: grey (intensities), dynamic (a fresh draw per epoch), static "
@@ -356,6 +362,8 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
             raise ConfigError(
                 f"estimator {self.estimator} trains AEVB only, not {self.algorithm}; use A or B"
             )
+        if self.iwae_gradient != "standard" and self.estimator != "iwae":
+            raise ConfigError("--iwae-gradient is for --estimator iwae; drop it")
         if self.score_baseline and self.estimator != "score-function":
             raise ConfigError("--score-baseline is for --estimator score-function; drop it")
         if self.algorithm == "mcem" and self.eval_marginal is None:

@@ -43,7 +43,11 @@ class AEVB(Algorithm):
         est = c.estimator
         assert est is not None  # TrainConfig resolved it
         self.use_fast(
-            est, lambda: FastStep(model, self.optimizer, est, c.samples, c.precision), bf16=True
+            est,
+            lambda: FastStep(
+                model, self.optimizer, est, c.samples, c.precision, dreg=c.iwae_gradient == "dreg"
+            ),
+            bf16=True,
         )
         self.kl_samples = 0  # training samples seen, for the KL warm-up (saved in checkpoints)
         self.baseline: Tensor | None = None  # the score-function baseline (saved in checkpoints)
@@ -54,8 +58,8 @@ class AEVB(Algorithm):
             return self._weighted_step(x, generator)
         if self.fast is not None:
             return self.fast.step(x, generator)
-        if c.estimator == "score-function":
-            return self._score_step(x, generator)
+        if c.estimator == "score-function" or c.iwae_gradient == "dreg":
+            return self._surrogate_step(x, generator)
         assert c.estimator is not None  # TrainConfig resolved it
         with _autocast(c.precision, x):
             bound = self.model.objective(x, c.estimator, c.samples, generator)
@@ -81,12 +85,16 @@ class AEVB(Algorithm):
         self.optimizer.step()
         return (rec - kl).mean().detach()
 
-    def _score_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """A step on the score-function surrogate; the bound returned is the ELBO (A's value)."""
+    def _surrogate_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A step on a surrogate whose gradient is the estimator's: the score function's (the
+        bound returned is the ELBO, A's value) or DReG's (the IWAE bound)."""
         c = self.config
-        b = self.baseline if c.score_baseline and self.baseline is not None else 0.0
         with _autocast(c.precision, x):
-            surrogate, f = self.model.score_function(x, c.samples, generator, b)
+            if c.estimator == "iwae":
+                surrogate, f = self.model.iwae_dreg(x, c.samples, generator)
+            else:
+                b = self.baseline if c.score_baseline and self.baseline is not None else 0.0
+                surrogate, f = self.model.score_function(x, c.samples, generator, b)
         self.optimizer.zero_grad(set_to_none=True)
         (-_wide(surrogate).mean()).backward()
         self.optimizer.step()
