@@ -128,3 +128,112 @@ def test_cli_says_the_schedule_it_runs(tmp_path, capsys):
     )
     out = capsys.readouterr()
     assert "step size: cosine decay from 0.02 to 0.002 over 2,000 samples" in out.out + out.err
+
+
+# --------------------------------------------------------------------------- plateau
+
+
+def _plateau_scales(records, patience, factor, grace):
+    """The rule written out independently: the step-size scale in force after each record."""
+    best, since, scale, out = None, 0, 1.0, []
+    for r in records:
+        v = r["valid_bound"]
+        if best is None or v > best:
+            best, since = v, 0
+        elif r["samples_seen"] >= grace:
+            since += 1
+            if since == patience:
+                scale, since = scale * factor, 0
+        out.append(scale)
+    return out
+
+
+def test_plateau_cuts_the_step_size_when_validation_stalls():
+    from aevb.callbacks import StepSizeOnPlateau
+
+    opt = torch.optim.Adam(make_model().parameters(), lr=0.01)
+    opt.param_groups[0]["initial_lr"] = 0.01
+    cb = StepSizeOnPlateau(factor=0.5, patience=2, floor=0.002, grace=300)
+
+    class Trainer_:  # what the callback reads of the Trainer
+        model = make_model()
+        alg = type("A", (), {"optimizer": opt})
+
+    values = [-100, -90, -95, -91, -92, -89, -89.5, -89.7, -90, -91, -92, -93]
+    records = [{"samples_seen": 100 * i, "valid_bound": v} for i, v in enumerate(values)]
+    lrs = []
+    for rec in records:
+        cb.on_evaluation(Trainer_, rec)
+        lrs.append(opt.param_groups[0]["lr"])
+    expected = [max(0.002, 0.01 * s) for s in _plateau_scales(records, 2, 0.5, 300)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    # by hand: -95 at 200 is inside the grace; -91, -92 (300, 400) cut to 0.005; -89 is a new
+    # best; -89.5, -89.7 cut to 0.0025; -90, -91 would cut to 0.00125: floored at 0.002
+    assert lrs == pytest.approx([0.01] * 4 + [0.005] * 3 + [0.0025] * 2 + [0.002] * 3)
+    state = cb.state()
+    again = StepSizeOnPlateau(factor=0.5, patience=2, floor=0.002, grace=300)
+    opt.param_groups[0]["lr"] = 0.01
+    again.load_state(state, opt)
+    assert again.scale == cb.scale and opt.param_groups[0]["lr"] == 0.002
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"lr_schedule": "plateau", "lr_factor": 1.5}, "--lr-factor must be between 0 and 1"),
+        ({"lr_schedule": "plateau", "lr_patience": 0}, "--lr-patience must be a positive"),
+        ({"lr_patience": 3}, "--lr-patience set the plateau schedule; add --lr-schedule plateau"),
+        ({"lr_factor": 0.1, "lr_schedule": "cosine"}, "--lr-factor set the plateau schedule"),
+    ],
+)
+def test_bad_plateau_options_are_one_clear_error(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)
+
+
+def test_plateau_needs_validation(tmp_path, capsys):
+    from aevb.cli import main
+
+    argv = ["train", "--lr-schedule", "plateau", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--lr-schedule plateau" in err and "add --validation" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_with_plateau_follows_the_rule_and_resumes(tmp_path, overfit_npz):
+    """60 training digits: the validation bound soon stalls, and the step size is cut."""
+    kw = {
+        "lr": 0.1,
+        "optimizer": "adagrad",
+        "lr_schedule": "plateau",
+        "lr_patience": 2,
+        "lr_factor": 0.5,
+        "lr_min": 0.01,
+        "validation": True,
+        "batch_size": 20,
+        "eval_size": 300,
+        "eval_per_decade": 12,
+        "progress": False,
+        "draw_figures": False,
+    }
+    data = str(overfit_npz)
+    api.train(data, tmp_path / "whole", budget=30_000, **kw)
+    records = runs.read_metrics(tmp_path / "whole")
+    grace = 60  # one epoch of the 60 training rows: patience counts after it
+    lrs = [max(0.01, 0.1 * s) for s in _plateau_scales(records, 2, 0.5, grace)]
+    # each record's lr is the step size of the steps before it: the one set after the record before
+    assert [r["lr"] for r in records[1:]] == pytest.approx(lrs[:-1], rel=1e-12)
+    assert 0.05 in lrs and lrs[-1] == 0.01  # the rule cut, down to the floor: not vacuous
+    # stopped at one of its evaluations and resumed: the same records and model as the whole run
+    half = next(r["samples_seen"] for r in records if r["samples_seen"] >= 10_000)
+    api.train(data, tmp_path / "half", budget=half, **kw)
+    api.train(resume=tmp_path / "half", budget=30_000, progress=False, draw_figures=False)
+
+    def timeless(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    assert timeless(runs.read_metrics(tmp_path / "half")) == timeless(records)
+    a = runs.load_tensors(tmp_path / "whole" / "model.safetensors")[0]
+    b = runs.load_tensors(tmp_path / "half" / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)

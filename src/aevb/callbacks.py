@@ -93,6 +93,39 @@ class ModelSelection(Selection, Callback):
             trainer.should_stop = True
 
 
+class StepSizeOnPlateau(Callback):
+    """``--lr-schedule plateau``: the step size times ``factor`` each time the validation bound
+    has not improved for ``patience`` evaluations in a row (counted after the first epoch, as
+    ``--patience`` counts), never below ``floor``. The count is a
+    :class:`~aevb.selection.Selection`'s; the state travels in the training checkpoint."""
+
+    def __init__(self, factor: float, patience: int, floor: float, grace: int) -> None:
+        self.factor, self.floor = factor, floor
+        self.watch = Selection(None, "last", patience, grace)
+        self.scale = 1.0  # the product of the cuts so far
+
+    def on_evaluation(self, trainer: Trainer, record: dict) -> None:
+        self.watch.update(record, trainer.model)
+        if self.watch.stop:  # the patience is spent: cut the step size and count again
+            self.watch.stop, self.watch.since_best = False, 0
+            self.scale *= self.factor
+            self.apply(trainer.alg.optimizer)
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        """Set each parameter group's step size: its initial one times the cuts, floored."""
+        for g in optimizer.param_groups:
+            g["lr"] = max(min(self.floor, g["initial_lr"]), g["initial_lr"] * self.scale)
+
+    def state(self) -> dict:
+        return {"scale": self.scale, **self.watch.state()}
+
+    def load_state(self, state: dict | None, optimizer: torch.optim.Optimizer) -> None:
+        if state:
+            self.scale = float(state["scale"])
+            self.watch.load_state(state)
+            self.apply(optimizer)
+
+
 class TensorBoard(Callback):
     """TensorBoard event files in ``RUNDIR/tensorboard`` (:class:`~aevb.tracking.RunTracker`)."""
 

@@ -41,7 +41,7 @@ from .options import (
     validate,
 )
 
-LR_SCHEDULES = ("constant", "cosine", "linear")
+LR_SCHEDULES = ("constant", "cosine", "linear", "plateau")
 LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
 """`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
 ENGINES = ("auto", "fast", "autograd")
@@ -218,11 +218,27 @@ class OptimOptions(_Group):
     )
     lr_schedule: Schedule = option(
         "constant",
-        "decay the step size from --lr to --lr-min over the budget (default: constant, the "
-        "paper's)",
+        "decay the step size from --lr to --lr-min over the budget (cosine, linear), or cut it "
+        "by --lr-factor when the validation bound stops improving (plateau; needs "
+        "--validation); default: constant, the paper's",
     )
     lr_min: float = option(
-        0.0, "the step size a cosine or linear schedule ends at (default 0)", check=at_least(0)
+        0.0,
+        "the step size a cosine or linear schedule ends at, and a plateau schedule's floor "
+        "(default 0)",
+        check=at_least(0),
+    )
+    lr_factor: float = option(
+        0.5,
+        "plateau schedule: multiply the step size by this when the validation bound has not "
+        "improved for --lr-patience evaluations",
+        check=lambda v: None if 0 < v < 1 else "between 0 and 1",
+    )
+    lr_patience: int = option(
+        5,
+        "plateau schedule: evaluations without a better validation bound (after the first "
+        "epoch) before the step size is cut",
+        check=positive,
     )
     init: Literal["paper", "torch"] = option(
         "paper", "initial parameters: N(0, 0.01^2) (the paper's) or PyTorch's own"
@@ -381,6 +397,12 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
             raise ConfigError(
                 "--lr-min is where a decaying step size ends; add --lr-schedule cosine"
             )
+        plateau = ("lr_factor", "lr_patience")  # changed from their declared defaults
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changed = [k for k in plateau if getattr(self, k) != fields[k].default]
+        if changed and self.lr_schedule != "plateau":
+            flags = " and ".join("--" + k.replace("_", "-") for k in changed)
+            raise ConfigError(f"{flags} set the plateau schedule; add --lr-schedule plateau")
         if self.lr_min and self.lr != "auto" and self.lr_min >= self.lr:
             raise ConfigError(f"--lr-min ({self.lr_min:g}) must be below --lr ({self.lr:g})")
         for alg in ALGORITHMS.values():
@@ -422,13 +444,21 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
 
         cosine: lr_min + (lr - lr_min) (1 + cos(pi t)) / 2; linear: lr - (lr - lr_min) t, with
         t = samples_seen / total; a parameter group whose own step size is below lr_min keeps it.
+        constant and plateau: lr (the plateau schedule cuts it at evaluations, not by samples).
         """
-        if self.lr_schedule == "constant":
+        if self.lr_schedule in ("constant", "plateau"):  # plateau: see aevb.callbacks
             return initial_lr
         t = min(1.0, max(0.0, samples_seen / max(1, total)))
         shape = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_schedule == "cosine" else 1.0 - t
         low = min(float(self.lr_min), initial_lr)
         return low + (initial_lr - low) * shape
+
+    def with_constant_lr(self, **changes: Any) -> TrainConfig:
+        """This config with a constant step size (the schedule's options at their defaults),
+        and ``changes``: the ``--lr auto`` trial's config."""
+        schedule = ("lr_min", "lr_factor", "lr_patience")
+        fields = {f.name: f.default for f in dataclasses.fields(self) if f.name in schedule}
+        return dataclasses.replace(self, lr_schedule="constant", **{**fields, **changes})
 
     def options_for(self, algorithm: type[Algorithm]) -> Any:
         """An algorithm's own options (its ``Options`` dataclass), from the flat fields."""

@@ -37,6 +37,7 @@ from .callbacks import (
     ModelSelection,
     OnEvaluation,
     ProgressBar,
+    StepSizeOnPlateau,
     TensorBoard,
 )
 from .data.base import binarize_tensor
@@ -277,6 +278,10 @@ class Trainer:
         grace = self.steps_per_epoch * c.batch_size  # patience counts from the end of epoch one
         self.selection = ModelSelection(self.run_dir, c.keep, c.patience, grace)
         out.append(self.selection)
+        self.plateau = None
+        if c.lr_schedule == "plateau":
+            self.plateau = StepSizeOnPlateau(c.lr_factor, c.lr_patience, c.lr_min, grace)
+            out.append(self.plateau)
         self.tracker = None
         if c.tensorboard and self.run_dir is not None:
             board = TensorBoard(self.run_dir)
@@ -444,6 +449,8 @@ class Trainer:
             "optimizer": opt_meta,
             "selection": self.selection.state(),
         }
+        if self.plateau is not None:
+            meta["plateau"] = self.plateau.state()
         return tensors, meta
 
     def load_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
@@ -456,6 +463,8 @@ class Trainer:
         self.seconds = float(meta["seconds"])
         self.last_good_step = self.step_count
         self.selection.load_state(meta.get("selection"))
+        if self.plateau is not None:
+            self.plateau.load_state(meta.get("plateau"), self.alg.optimizer)
         self.should_stop = self.selection.stop  # a run stopped early (--patience) stays stopped
         self._rank_noise()
 
@@ -538,7 +547,7 @@ class Trainer:
             xb = self._start_steps()
             assert self.watch is not None  # made by _start_steps
             n_running = 0
-            scheduled = c.lr_schedule != "constant"
+            scheduled = c.lr_schedule in ("cosine", "linear")  # by samples, at every step
             last_ckpt = time.monotonic()
             last_ckpt_samples = self.samples_seen
             snapshots = sorted(n for n in c.snapshots or () if n > self.samples_seen)
@@ -622,7 +631,13 @@ class Trainer:
         note = self.alg.engine_note
         if note and self.progress:
             tqdm.write(f"engine: {note}")
-        scheduled = c.lr_schedule != "constant"
+        if c.lr_schedule == "plateau" and self.progress:
+            tqdm.write(
+                f"step size: {self.alg.optimizer.param_groups[0]['initial_lr']:g}, times "
+                f"{c.lr_factor:g} after {c.lr_patience} evaluations without a better validation "
+                f"bound" + (f" (not below {c.lr_min:g})" if c.lr_min else "")
+            )
+        scheduled = c.lr_schedule in ("cosine", "linear")
         if scheduled and self.progress:
             lr0 = self.alg.optimizer.param_groups[0]["initial_lr"]
             end = c.lr_at(lr0, self.horizon, self.horizon)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import tempfile
 import time
@@ -154,9 +153,8 @@ def choose_lr(
     )
     scores: dict[str, float] = {}
     for lr in LR_CANDIDATES[tcfg.optimizer]:
-        trial = dataclasses.replace(  # the trial compares constant starting step sizes
-            tcfg, lr=lr, budget=n_trial, epochs=None, lr_schedule="constant", lr_min=0.0
-        )
+        # the trial compares constant starting step sizes
+        trial = tcfg.with_constant_lr(lr=lr, budget=n_trial, epochs=None)
         model = _build_model(mcfg, trial, device, train_x)
         alg = ALGORITHMS[trial.algorithm](model, trial, len(train_x), lr)
         t = Trainer(alg, train_x, None, trial, progress=progress, evaluate_points=False)
@@ -261,6 +259,11 @@ def _train_config(s: TrainSettings, progress: bool) -> TrainConfig:
     if (c.keep == "best" or c.patience is not None) and not s.data.validation:
         raise ConfigError(
             "--keep best and --patience select on the validation bound; add --validation"
+        )
+    if s.optim.lr_schedule == "plateau" and not s.data.validation:
+        raise ConfigError(
+            "--lr-schedule plateau cuts the step size when the validation bound stops "
+            "improving; add --validation"
         )
     if distributed.world_size() > 1 and ALGORITHMS[obj.algorithm].needs_index:
         raise ConfigError(f"{obj.algorithm} keeps per-datapoint state; train it in one process")
