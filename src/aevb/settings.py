@@ -181,6 +181,12 @@ class ObjectiveOptions(_Group):
     weight_prior: bool = option(
         True, "drop the N(0, I) parameter prior (plain ML instead of approximate MAP)"
     )
+    weight_decay: float = option(
+        0.0,
+        "an L2 penalty (lambda/2) |theta|^2 per datapoint on every parameter, on top of the "
+        "weight prior's 1/N: a narrower Gaussian prior, against overfitting (default 0)",
+        check=at_least(0),
+    )
     kl_beta: float = option(
         1.0,
         "weight of the KL term in the training objective (default 1: the bound itself)",

@@ -84,7 +84,8 @@ class Algorithm:
         #: ranks, and whether each rank draws its share of the global minibatch's noise.
         self.data_parallel = False
         self.noise_sharded = False
-        self.weight_decay = 1.0 / n_train if config.weight_prior else 0.0
+        # the N(0, I) weight prior per datapoint (1/N), plus --weight-decay's L2 penalty
+        self.weight_decay = (1.0 / n_train if config.weight_prior else 0.0) + config.weight_decay
         self.optimizer = make_optimizer(
             self.parameter_groups(), config.optimizer, lr, self.weight_decay
         )
