@@ -112,32 +112,44 @@ def iwae_bound(
     return torch.logsumexp(log_w, 0) - math.log(samples)
 
 
-def iwae_dreg(
+def iwae_surrogate(
     encoder: Encoder,
     decoder: Decoder,
     prior: LatentDistribution,
     x: Tensor,
     samples: int = 1,
     generator: torch.Generator | None = None,
+    *,
+    dreg: bool = False,
+    kl_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """The doubly reparameterized (DReG) surrogate of the IWAE bound, and the bound: per point.
+    """A surrogate whose gradient is the IWAE bound's, and the bound itself: both per point.
 
-    Tucker et al. (2018): the standard IWAE gradient for the encoder, sum_k w_k d log w_k / d phi
-    (w_k the normalised weights), is written by reparameterizing the score term a second time as
-    sum_k w_k^2 (d log w_k / d z_k) (d z_k / d phi), where d log w_k / d z_k holds q's parameters
-    fixed. Same expectation, and its signal-to-noise ratio does not fall as K grows (Rainforth
-    et al. 2018). The decoder's gradient is the standard one, sum_k w_k d log p(x|z_k) / d theta.
-    The surrogate sum_k w_k log w_k(z_k) (w_k held constant; log q with its parameters detached)
-    has both gradients once a hook scales the gradient reaching each z_k by w_k. Its value is not
-    the bound; the second value is the IWAE bound on the same draws.
+    ``dreg``: the encoder's gradient is the doubly reparameterized one (Tucker et al. 2018). The
+    standard gradient, sum_k w_k d log w_k / d phi (w_k the weights normalised over the K draws),
+    is rewritten by reparameterizing its score term a second time as sum_k w_k^2 (d log w_k /
+    d z_k) (d z_k / d phi), d log w_k / d z_k taken with q's parameters fixed: the same
+    expectation, and a signal-to-noise ratio that does not fall as K grows (Rainforth et al.
+    2018). The decoder's gradient is the standard one either way. The DReG surrogate is
+    sum_k w_k log w_k (w_k held constant, log q with its parameters detached), with a hook
+    scaling the gradient that reaches each z_k by w_k; its value is not the bound.
+
+    ``kl_weight`` = beta (KL warm-up) weights the latent part of the log-weights, log w_k =
+    log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)), in the gradient only; the bound returned
+    is the beta = 1 bound on the same draws.
     """
     q = encoder.posterior(x)
     z = q.rsample(samples, generator)  # (K, B, J)
-    log_w = decoder.log_prob(x, z) + prior.log_prob(z) - q.detached().log_prob(z)
+    log_px = decoder.log_prob(x, z)
+    latent = prior.log_prob(z) - (q.detached() if dreg else q).log_prob(z)
+    log_k = math.log(samples)
+    bound = torch.logsumexp((log_px + latent).detach(), 0) - log_k
+    log_w = log_px + kl_weight * latent if kl_weight != 1.0 else log_px + latent
+    if not dreg:
+        return torch.logsumexp(log_w, 0) - log_k, bound
     weights = torch.softmax(log_w.detach(), 0)
     if z.requires_grad:  # the second w_k on the path through z_k
         z.register_hook(lambda g: g * weights.unsqueeze(-1))
-    bound = torch.logsumexp(log_w.detach(), 0) - math.log(samples)
     return (weights * log_w).sum(0), bound
 
 

@@ -419,7 +419,7 @@ class FastStep:
         # iwae: log p(x|z) per draw, and G weighted by the draws' normalised importance weights
         if self.iwae:
             self._likelihood(x, b, n, rows=True)
-            bound = self._importance_weights(b, m) * (1.0 / m)
+            bound = self._importance_weights(b, m, kl_weight) * (1.0 / m)
             b.go.view(L, m, -1).mul_(b.wt.unsqueeze(-1))
             s = 1.0 / m
         else:
@@ -432,7 +432,7 @@ class FastStep:
 
         # ---- the latent layer: reparameterisation and the KL / log-density terms
         if self.iwae:
-            self._latent_iwae(b, m)
+            self._latent_iwae(b, m, kl_weight)
         else:
             bound = self._latent(b, m, kl_weight, logp)
 
@@ -483,36 +483,38 @@ class FastStep:
             torch.sum(gz.view(L, m, J), 0, out=b.gmu)
         b.glv.mul_(b.std).mul_(0.5)
 
-    def _importance_weights(self, b: SimpleNamespace, m: int) -> Tensor:
-        """b.lw <- log w = log p(x|z) + log p(z) - log q(z|x) per draw (from b.lp), b.wt <- the
-        weights normalised over the K draws of each point; returns the IWAE bound summed over
-        the minibatch, sum_i [logsumexp_k log w_ki - log K]."""
+    def _importance_weights(self, b: SimpleNamespace, m: int, beta: float) -> Tensor:
+        """b.lw <- log w = log p(x|z) + beta (log p(z) - log q(z|x)) per draw (from b.lp),
+        b.wt <- the weights normalised over the K draws of each point; returns the beta = 1
+        IWAE bound summed over the minibatch, sum_i [logsumexp_k log w_ki - log K]."""
         L, J = self.L, self.J
-        sq, lw, lw2 = b.gz.view(L, m, J), b.lw, b.lw2  # gz: scratch until the decoder's backward
+        sq, lw, lat = b.gz.view(L, m, J), b.lw, b.lw2  # gz: scratch until the decoder's backward
         # log p(z) - log q(z|x) = -1/2 sum_j (z^2 - logvar - eps^2): the log 2 pi cancel
-        torch.sum(torch.mul(b.z, b.z, out=sq), 2, out=lw2)
-        torch.sub(b.lp.view(L, m), lw2, alpha=0.5, out=lw)
-        torch.sum(torch.mul(b.eps, b.eps, out=sq), 2, out=lw2)
-        lw.add_(lw2, alpha=0.5).add_(torch.sum(b.lv, 1, out=b.lvs), alpha=0.5)
-        lse = torch.logsumexp(lw, 0, out=b.lse)
+        torch.sum(torch.mul(b.eps, b.eps, out=sq), 2, out=lw)
+        torch.sum(torch.mul(b.z, b.z, out=sq), 2, out=lat)
+        torch.sub(lw, lat, out=lat).add_(torch.sum(b.lv, 1, out=b.lvs)).mul_(0.5)
+        lse = torch.logsumexp(torch.add(b.lp.view(L, m), lat, out=lw), 0, out=b.lse)
+        bound = lse.sum() - float(m * math.log(L))
+        if beta != 1.0:  # the weights of the gradient: the latent part weighted by beta
+            lse = torch.logsumexp(lw.add_(lat, alpha=beta - 1.0), 0, out=b.lse)
         torch.sub(lw, lse, out=b.wt).exp_()
-        return lse.sum() - float(m * math.log(L))
+        return bound
 
-    def _latent_iwae(self, b: SimpleNamespace, m: int) -> None:
+    def _latent_iwae(self, b: SimpleNamespace, m: int, beta: float) -> None:
         """IWAE: b.ge <- -d bound / d(mu, logvar). b.gz holds w_k / M times -d log p(x|z_k)/dz_k.
-        Standard: add w_k / M times d(-log p(z))/dz = z, and log q's own -1/2 per logvar. DReG:
-        the whole -d log w / dz with q's parameters held (the log q term is -eps / std), each
-        draw weighted w_k^2 / M, and nothing through log q's parameters directly."""
+        Standard: add w_k / M times beta d(-log p(z))/dz = beta z, and log q's own -beta/2 per
+        logvar. DReG: the whole -d log w / dz with q's parameters held (the log q term is
+        -beta eps / std), each draw weighted w_k^2 / M, and nothing through q's parameters."""
         inv_m = 1.0 / m
         z, gz, wt = b.z, b.gz.view(self.L, m, self.J), b.wt.unsqueeze(-1)
         if self.dreg:
             z.addcdiv_(b.eps, b.std, value=-1.0)  # z - eps / std (z is not needed again)
-            gz.addcmul_(z, wt, value=inv_m).mul_(wt)
+            gz.addcmul_(z, wt, value=beta * inv_m).mul_(wt)
         else:
-            gz.addcmul_(z, wt, value=inv_m)
+            gz.addcmul_(z, wt, value=beta * inv_m)
         self._pathwise(b, m)
         if not self.dreg:
-            b.glv.sub_(0.5 * inv_m)  # the weights of each point sum to 1
+            b.glv.sub_(0.5 * beta * inv_m)  # the weights of each point sum to 1
 
     def _narrow(self, t: Tensor, t_m: Tensor) -> Tensor:
         """t as the products take it: its bf16 copy under bf16 (t_m), else t itself."""

@@ -21,7 +21,7 @@ from .estimators import (
     elbo,
     elbo_terms,
     iwae_bound,
-    iwae_dreg,
+    iwae_surrogate,
     score_function,
 )
 from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
@@ -327,15 +327,29 @@ class VAE(nn.Module):
             self.encoder, self.decoder, self.prior, self._as_tensor(x), samples, generator
         )
 
-    def iwae_dreg(
-        self, x: TensorLike, samples: int = 1, generator: torch.Generator | None = None
+    def iwae_surrogate(
+        self,
+        x: TensorLike,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        *,
+        dreg: bool = False,
+        kl_weight: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """The doubly reparameterized IWAE surrogate and the IWAE bound, per datapoint
-        (:func:`aevb.estimators.iwae_dreg`): descend -surrogate, report the bound."""
+        """A surrogate with the IWAE bound's gradient (standard or DReG, the latent part of the
+        log-weights weighted by ``kl_weight``) and the bound, per datapoint
+        (:func:`aevb.estimators.iwae_surrogate`): descend -surrogate, report the bound."""
         if int(samples) < 1:
             raise ConfigError(f"the IWAE bound needs samples >= 1, got {samples}")
-        return iwae_dreg(
-            self.encoder, self.decoder, self.prior, self._as_tensor(x), samples, generator
+        return iwae_surrogate(
+            self.encoder,
+            self.decoder,
+            self.prior,
+            self._as_tensor(x),
+            samples,
+            generator,
+            dreg=dreg,
+            kl_weight=kl_weight,
         )
 
     def objective(

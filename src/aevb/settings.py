@@ -45,6 +45,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear", "plateau")
 LR_CANDIDATES = {"adagrad": (0.01, 0.02, 0.1), "adam": (3e-4, 1e-3, 3e-3)}
 """`--lr auto` tries these; the Adagrad set is the paper's (section 6)."""
 ENGINES = ("auto", "fast", "autograd")
+KL_WEIGHTED = ("A", "B", "iwae")  # estimators whose KL term --kl-beta / --kl-warmup weight
 
 if TYPE_CHECKING:  # statically str; at run time the Literal of the names, which aevb.options checks
     AlgorithmName = str
@@ -189,7 +190,8 @@ class ObjectiveOptions(_Group):
     )
     kl_beta: float = option(
         1.0,
-        "weight of the KL term in the training objective (default 1: the bound itself)",
+        "weight of the KL term in the training objective (iwae: of log p(z) - log q(z|x) in "
+        "the log-weights; default 1: the bound itself)",
         check=at_least(0),
     )
     kl_warmup: int | None = option(
@@ -394,9 +396,10 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
             raise ConfigError("MCEM trains no encoder to propose from; use eval_marginal='hmc'")
         if self.budget is not None and self.epochs is not None:
             raise ConfigError("give either --budget (training samples) or --epochs, not both")
-        if self.kl_weighted and (self.algorithm != "aevb" or self.estimator not in ("A", "B")):
+        if self.kl_weighted and (self.algorithm != "aevb" or self.estimator not in KL_WEIGHTED):
             raise ConfigError(
-                "--kl-beta and --kl-warmup weight the KL term of AEVB's estimators A and B; "
+                "--kl-beta and --kl-warmup weight the KL term of AEVB's estimators A, B and "
+                "iwae; "
                 f"drop them for algorithm {self.algorithm!r}, estimator {self.estimator!r}"
             )
         if self.lr_min and self.lr_schedule == "constant":

@@ -58,7 +58,7 @@ class AEVB(Algorithm):
             return self._weighted_step(x, generator)
         if self.fast is not None:
             return self.fast.step(x, generator)
-        if c.estimator == "score-function" or c.iwae_gradient == "dreg":
+        if c.estimator == "score-function" or c.iwae_gradient == "dreg":  # iwae's, with dreg
             return self._surrogate_step(x, generator)
         assert c.estimator is not None  # TrainConfig resolved it
         with _autocast(c.precision, x):
@@ -76,6 +76,8 @@ class AEVB(Algorithm):
         self.kl_samples += len(x) * distributed.world_size()  # global samples
         if self.fast is not None:
             return self.fast.step(x, generator, kl_weight=beta)
+        if c.estimator == "iwae":  # beta weights the log-weights' latent part
+            return self._surrogate_step(x, generator, beta)
         assert c.estimator is not None  # TrainConfig resolved it
         with _autocast(c.precision, x):
             rec, kl = self.model.elbo_terms(x, c.estimator, c.samples, generator)
@@ -85,13 +87,19 @@ class AEVB(Algorithm):
         self.optimizer.step()
         return (rec - kl).mean().detach()
 
-    def _surrogate_step(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def _surrogate_step(
+        self, x: Tensor, generator: torch.Generator, kl_weight: float = 1.0
+    ) -> Tensor:
         """A step on a surrogate whose gradient is the estimator's: the score function's (the
-        bound returned is the ELBO, A's value) or DReG's (the IWAE bound)."""
+        bound returned is the ELBO, A's value) or IWAE's, DReG or weighted by ``kl_weight``
+        (the IWAE bound)."""
         c = self.config
         with _autocast(c.precision, x):
             if c.estimator == "iwae":
-                surrogate, f = self.model.iwae_dreg(x, c.samples, generator)
+                dreg = c.iwae_gradient == "dreg"
+                surrogate, f = self.model.iwae_surrogate(
+                    x, c.samples, generator, dreg=dreg, kl_weight=kl_weight
+                )
             else:
                 b = self.baseline if c.score_baseline and self.baseline is not None else 0.0
                 surrogate, f = self.model.score_function(x, c.samples, generator, b)
