@@ -45,6 +45,10 @@ def rows(out: str) -> dict[str, list[str]]:
     return found
 
 
+SHORT = ("--reps", "2", "--chunk", "600", "--warmup", "100", "--threads", "1")
+"""Chunks long enough for a report, short enough for a test: the tests check the reports."""
+
+
 def test_bench_train_quick_reports_three_contenders():
     r = run_bench(str(BENCH / "bench_train.py"), "--quick", "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -68,7 +72,7 @@ def test_bench_train_quick_reports_three_contenders():
 def test_bench_train_modern_runs_the_deeper_model_on_both_engines():
     """--modern: the 784-200-200-50 ReLU model, aevb's fast engine beside the autograd engine."""
     two = ("--contenders", "aevb,autograd")  # the plain loop and the ceiling: the test above
-    r = run_bench(str(BENCH / "bench_train.py"), "--modern", "--quick", *two, "--threads", "1")
+    r = run_bench(str(BENCH / "bench_train.py"), "--modern", *SHORT, *two)
     assert r.returncode == 0, r.stderr
     got = rows(r.stdout)
     assert set(got) == {"aevb", "autograd"}
@@ -114,7 +118,8 @@ def test_bench_end_to_end_accounts_for_the_command_wall_time(shared_data_dir):
 def test_bench_train_wake_sleep_on_frey_adds_aevb_reference_rows():
     r = run_bench(
         str(BENCH / "bench_train.py"),
-        *("--quick", "--threads", "1", "--data", "frey", "--algorithm", "wake-sleep"),
+        *SHORT,
+        *("--data", "frey", "--algorithm", "wake-sleep"),
     )
     assert r.returncode == 0, r.stderr
     assert "frey shapes (560-200-20 gaussian" in r.stdout
@@ -124,6 +129,19 @@ def test_bench_train_wake_sleep_on_frey_adds_aevb_reference_rows():
     assert got["ref-aevb"][3] == "-"  # no ratio of AEVB's rows to wake-sleep's plain loop
     assert re.search(r"wake-sleep's cost per datapoint = [\d.]+x AEVB's", r.stdout)
     assert re.search(r"its matrix products alone: [\d.]+x AEVB's", r.stdout)
+
+
+def test_bench_train_iwae_compares_the_engines_and_the_ceiling():
+    """--estimator iwae: no plain loop (it has no IWAE); the autograd engine takes its place."""
+    small = ("--hidden", "32", "--latent", "3", "-M", "20", "--estimator", "iwae")
+    r = run_bench(str(BENCH / "bench_train.py"), *small, "--samples", "3", *SHORT)
+    assert r.returncode == 0, r.stderr
+    assert "no plain loop for iwae" in r.stdout
+    got = rows(r.stdout)
+    assert set(got) == {"aevb", "autograd", "ceiling"}
+    assert got["aevb"][0] == "fast" and got["autograd"][0] == "autograd"
+    assert "K=3, estimator iwae, adagrad" in r.stdout
+    assert re.search(r"aevb's engine / the autograd engine, per round: [\d.]+x", r.stdout)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")

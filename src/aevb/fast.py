@@ -109,6 +109,8 @@ def unsupported_reason(model: nn.Module, estimator: str = "B") -> str | None:
         )
     if estimator not in ESTIMATORS:
         return f"the fast step covers estimators {ESTIMATORS}, not {estimator!r}"
+    if getattr(c, "dropout", 0.0):
+        return "the fast step has no dropout (--dropout)"
     if getattr(c, "architecture", "mlp") != "mlp":
         return f"the fast step covers the MLP encoder/decoder, not {c.architecture!r}"
     params = list(model.parameters())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -24,8 +26,8 @@ from .estimators import (
     iwae_surrogate,
     score_function,
 )
-from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Encoder
-from .options import between, bounded_int, option, positive, validate
+from .networks import ACTIVATIONS, LIKELIHOODS, Decoder, Dropout, Encoder, add_dropout
+from .options import between, bounded_int, check_value, option, positive, validate
 
 ARCHITECTURES = ("mlp", "conv")
 
@@ -85,6 +87,12 @@ class ModelOptions:
     architecture: Architecture = option(
         "mlp", "MLP encoder and decoder (the paper's) or convolutional (image data)"
     )
+    dropout: float = option(
+        0.0,
+        "dropout rate after each hidden layer of the MLP encoder and decoder, in training only "
+        "(AEVB; the step then runs on autograd): against overfitting (default 0)",
+        check=lambda v: None if 0 <= v < 1 else "a number from 0 up to (not including) 1",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -120,6 +128,12 @@ class ModelConfig(ModelOptions):
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.depth < 0:
             raise ConfigError(f"depth must be >= 0, got {self.depth}")
+        check_value(ModelOptions, "dropout", self.dropout)
+        if self.dropout and (self.architecture != "mlp" or self.depth < 1):
+            raise ConfigError(
+                "--dropout drops hidden units of the MLP; it needs --architecture mlp and "
+                "--depth >= 1"
+            )
         if self.image_shape is not None and (
             len(self.image_shape) not in (2, 3) or min(self.image_shape) < 1
         ):
@@ -186,6 +200,9 @@ class VAE(nn.Module):
             self.decoder = Decoder(
                 LIKELIHOODS[c.likelihood], c.latent_dim, c.x_dim, c.hidden, c.depth, c.activation
             )
+        if c.dropout:
+            for net in (self.encoder.net, self.decoder.net):
+                add_dropout(net, c.dropout)
         self.prior = PRIORS[c.prior](c.latent_dim)
         if c.parameter_posterior:
             # log-variances of q(theta) for every decoder weight (full VB, Appendix F); the
@@ -196,6 +213,18 @@ class VAE(nn.Module):
                     for n, p in self.decoder.named_parameters()
                 }
             )
+
+    @contextlib.contextmanager
+    def dropout_noise(self, generator: torch.Generator | None) -> Iterator[None]:
+        """Draw the dropout masks (``--dropout``) from ``generator`` while in this context."""
+        drops = [m for m in self.modules() if isinstance(m, Dropout)]
+        for m in drops:
+            m.generator = generator
+        try:
+            yield
+        finally:
+            for m in drops:
+                m.generator = None
 
     @property
     def has_parameter_posterior(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +101,33 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
     "gaussian": Gaussian,
     "gaussian-linear": GaussianLinear,
 }
+
+
+class Dropout(nn.Module):
+    """Dropout at rate ``p`` whose masks come from ``generator`` (set for each training step by
+    :meth:`aevb.model.VAE.dropout_noise`, from the run's noise stream), so that a seeded run
+    repeats and resumes bit for bit; the identity in eval mode (evaluation, sampling, export)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, h: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return h
+        keep = torch.empty_like(h).bernoulli_(1.0 - self.p, generator=self.generator)
+        return h * keep * (1.0 / (1.0 - self.p))
+
+
+def add_dropout(net: nn.Module, p: float) -> None:
+    """Dropout at rate p after each hidden layer's activation in ``net``'s trunk. The activation
+    becomes (activation, dropout) at the same index: the state dict's keys do not change."""
+    trunk: Any = getattr(net, "trunk", None)
+    if not isinstance(trunk, nn.Sequential) or len(trunk) < 2:
+        raise ValueError("dropout needs an MLP trunk with at least one hidden layer")
+    for i in range(1, len(trunk), 2):
+        trunk[i] = nn.Sequential(trunk[i], Dropout(p))
 
 
 class MLPHeads(nn.Module):

@@ -53,6 +53,10 @@ class AEVB(Algorithm):
         self.baseline: Tensor | None = None  # the score-function baseline (saved in checkpoints)
 
     def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
+        with self.model.dropout_noise(generator):  # --dropout's masks from the run's noise
+            return self._step(x, generator)
+
+    def _step(self, x: Tensor, generator: torch.Generator) -> Tensor:
         c = self.config
         if c.kl_weighted:
             return self._weighted_step(x, generator)

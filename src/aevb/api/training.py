@@ -255,6 +255,11 @@ def _train_config(s: TrainSettings, progress: bool) -> TrainConfig:
             tqdm.write(
                 f"estimator {estimator} ({why} KL({m.posterior} || {m.prior or m.posterior}))"
             )
+    if m.dropout and obj.algorithm != "aevb":
+        raise ConfigError(
+            f"--dropout is for AEVB's step (its masks drawn from the run's noise), not "
+            f"{obj.algorithm}; drop it"
+        )
     c = s.checkpoints
     if (c.keep == "best" or c.patience is not None) and not s.data.validation:
         raise ConfigError(
