@@ -74,3 +74,17 @@ def test_early_stopping_stops_after_patience(tmp_path, small_run, overfit_npz, o
     # resuming a stopped run trains no further
     again = aevb.train(resume=out, progress=False, draw_figures=False)
     assert again.metrics[-1]["samples_seen"] == recs[-1]["samples_seen"]
+
+
+def test_iwae_runs_select_on_the_validation_iwae_bound(tmp_path, small_run, overfit_npz):
+    """A run trained on the IWAE bound keeps the model with the best validation IWAE bound (the
+    bound it maximises), not the best ELBO; the selection's state says which it tracked."""
+    kw = {**OVERFIT_TRAIN, "budget": 20_000, "estimator": "iwae", "samples": 3}
+    small_run(tmp_path / "r", data=str(overfit_npz), **kw, keep="best")
+    recs = runs.read_metrics(tmp_path / "r")
+    best = max(recs, key=lambda r: r["valid_iwae_bound"])
+    _, meta = runs.load_tensors(tmp_path / "r" / selection.BEST_MODEL)
+    assert meta["samples_seen"] == best["samples_seen"]
+    assert meta["valid_iwae_bound"] == best["valid_iwae_bound"]
+    assert selection.metric_for("iwae") == "valid_iwae_bound"
+    assert selection.metric_for("B") == "valid_bound"

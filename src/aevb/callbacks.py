@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from . import runs
 from .data.mapped import first_rows
 from .mlflow_tracking import MlflowTracker, current_error
-from .selection import Selection
+from .selection import METRIC, Selection
 from .tracking import RunTracker
 
 if TYPE_CHECKING:
@@ -99,9 +99,11 @@ class StepSizeOnPlateau(Callback):
     ``--patience`` counts), never below ``floor``. The count is a
     :class:`~aevb.selection.Selection`'s; the state travels in the training checkpoint."""
 
-    def __init__(self, factor: float, patience: int, floor: float, grace: int) -> None:
+    def __init__(
+        self, factor: float, patience: int, floor: float, grace: int, metric: str = METRIC
+    ) -> None:
         self.factor, self.floor = factor, floor
-        self.watch = Selection(None, "last", patience, grace)
+        self.watch = Selection(None, "last", patience, grace, metric)
         self.scale = 1.0  # the product of the cuts so far
 
     def on_evaluation(self, trainer: Trainer, record: dict) -> None:

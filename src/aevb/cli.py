@@ -20,6 +20,7 @@ from .config import load_config
 from .data import BINARIZE_MODES
 from .errors import AevbError, ConfigError
 from .options import MAX_COUNT, bounded_int, positive_int
+from .selection import metric_for
 
 
 class _Parser(argparse.ArgumentParser):
@@ -450,11 +451,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if not args.quiet and run.timing.get("training_s"):
         print(_timing_line(run.timing))
-    if tc.get("keep") == "best" and "valid_bound" in f:
-        best = max(run.metrics, key=lambda r: r.get("valid_bound", float("-inf")))
+    metric = metric_for(tc.get("estimator"))
+    if tc.get("keep") == "best" and metric in f:
+        best = max(run.metrics, key=lambda r: r.get(metric, float("-inf")))
         print(
-            f"best valid bound {best['valid_bound']:.3f} at {best['samples_seen']:,} samples "
-            f"(kept as {run.path}/best_model.safetensors)"
+            f"best {metric.replace('_', ' ')} {best[metric]:.3f} at {best['samples_seen']:,} "
+            f"samples (kept as {run.path}/best_model.safetensors)"
         )
     note = _latent_usage_note(f)
     if note is not None:

@@ -47,6 +47,7 @@ from .errors import ConfigError, NumericalError
 from .fast import tune_allocator
 from .runs import owned_tensor
 from .seeds import split_seed
+from .selection import metric_for
 from .settings import TrainConfig
 from .stats import standard_error
 
@@ -276,11 +277,12 @@ class Trainer:
         c = self.config
         out: list[Callback] = [MetricsFile(self.run_dir)] if self.run_dir is not None else []
         grace = self.steps_per_epoch * c.batch_size  # patience counts from the end of epoch one
-        self.selection = ModelSelection(self.run_dir, c.keep, c.patience, grace)
+        metric = metric_for(c.estimator)
+        self.selection = ModelSelection(self.run_dir, c.keep, c.patience, grace, metric)
         out.append(self.selection)
         self.plateau = None
         if c.lr_schedule == "plateau":
-            self.plateau = StepSizeOnPlateau(c.lr_factor, c.lr_patience, c.lr_min, grace)
+            self.plateau = StepSizeOnPlateau(c.lr_factor, c.lr_patience, c.lr_min, grace, metric)
             out.append(self.plateau)
         self.tracker = None
         if c.tensorboard and self.run_dir is not None:
