@@ -1,8 +1,8 @@
 """The fast AEVB step: a hand-written forward and backward pass for the MLP VAE.
 
 :class:`FastStep` computes exactly the estimator of :mod:`aevb.estimators` (SGVB A or B, L >= 1,
-the same noise drawn from the same generator in the same order) and the same optimizer update, but
-without autograd's graph and without allocating anything per step:
+or the IWAE bound; the same noise drawn from the same generator in the same order) and the same
+optimizer update, but without autograd's graph and without allocating anything per step:
 
 - every parameter of the model becomes a view into one flat buffer, and every gradient is written
   (``out=``, ``addmm_`` with ``beta=0``) into the matching view of one flat gradient buffer, so the
@@ -25,9 +25,10 @@ same as with the autograd step. If someone replaces them (``load_state_dict`` of
 ``model.to(...)``), the next step notices and re-adopts them.
 
 Covered: MLPs of any depth >= 1 (hidden layers in the encoder and decoder trunks) with tanh or
-relu, Gaussian posterior and N(0, I) prior, Bernoulli or Gaussian decoder, estimators A and B, any
-L, Adagrad or Adam as built by :func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I)
-weight prior), float32 or float64, CPU or CUDA (no host synchronisation: the step returns a 0-d
+relu, Gaussian posterior and N(0, I) prior, Bernoulli or Gaussian decoder, estimators A and B (any
+L) and the IWAE bound (K = L draws; the standard or the doubly reparameterized encoder gradient;
+a warm-up's KL weight on the log-weights' latent part), Adagrad or Adam as built by
+:func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I) weight prior), float32 or float64, CPU or CUDA (no host synchronisation: the step returns a 0-d
 tensor). Everything else (depth 0 among it) falls back to autograd; see
 :func:`unsupported_reason`. :class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
 
