@@ -28,9 +28,10 @@ Covered: MLPs of any depth >= 1 (hidden layers in the encoder and decoder trunks
 relu, Gaussian posterior and N(0, I) prior, Bernoulli or Gaussian decoder, estimators A and B (any
 L) and the IWAE bound (K = L draws; the standard or the doubly reparameterized encoder gradient;
 a warm-up's KL weight on the log-weights' latent part), Adagrad or Adam as built by
-:func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I) weight prior), float32 or float64, CPU or CUDA (no host synchronisation: the step returns a 0-d
-tensor). Everything else (depth 0 among it) falls back to autograd; see
-:func:`unsupported_reason`. :class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
+:func:`aevb.algorithms.make_optimizer` (weight decay = the N(0, I) weight prior), float32 or
+float64, CPU or CUDA (no host synchronisation: the step returns a 0-d tensor). Everything else
+(depth 0 among it) falls back to autograd; see :func:`unsupported_reason`.
+:class:`FastWakeSleepStep` is the same machinery for wake-sleep's step.
 
 ``precision="bf16"`` (AEVB's step, float32 models) runs every matrix product in bfloat16 with
 float32 accumulation (torch's CPU kernels accumulate in float32 and round the result to bf16):
