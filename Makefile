@@ -20,9 +20,9 @@ demo: install
 	rm -rf runs/digits
 	$(BIN)/aevb train --out runs/digits
 
-## The test suite (what CI runs).
+## The test suite (what CI runs), one pytest-xdist worker per core.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

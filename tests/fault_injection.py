@@ -8,6 +8,7 @@ come from such a run).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -32,7 +33,11 @@ TALLY: Counter = Counter()
 def add_to_tally_file(tally: dict[str, int]) -> None:
     """Add trial counts to the JSON file $AEVB_RELIABILITY_TALLY names, if any."""
     path = os.environ.get("AEVB_RELIABILITY_TALLY")
-    if path:
+    if not path:
+        return
+    # the suite's workers (pytest-xdist) add their counts one at a time
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
         for k, v in tally.items():
             old[k] = old.get(k, 0) + v
