@@ -4,7 +4,8 @@ reparameterized (DReG) encoder gradient.
 References, independent of aevb.fast: autograd through ``aevb.estimators.iwae_bound`` (standard);
 for DReG, the gradient assembled from its definition with two autograd calls (decoder: the IWAE
 bound's gradient; encoder: sum_k w_k^2 (d log w_k / d z_k, q's parameters held) dz_k / d phi),
-which also checks the hook-based surrogate of ``aevb.estimators.iwae_dreg``. The two gradients
+which also checks the hook-based surrogate of ``aevb.estimators.iwae_surrogate``; with a KL
+weight beta, the same written out with beta on the log-weights' latent part. The two gradients
 have the same expectation (checked in standard errors), and DReG's encoder gradient varies less
 at large K (Tucker et al. 2018).
 """
