@@ -106,10 +106,7 @@ def iwae_bound(
     the same noise) and log p(x), and tightens as K grows; it is not an ELBO and is reported under
     its own name.
     """
-    q = encoder.posterior(x)
-    z = q.rsample(samples, generator)  # (K, B, J)
-    log_w = decoder.log_prob(x, z) + prior.log_prob(z) - q.log_prob(z)
-    return torch.logsumexp(log_w, 0) - math.log(samples)
+    return iwae_surrogate(encoder, decoder, prior, x, samples, generator)[0]
 
 
 def iwae_surrogate(
@@ -140,11 +137,16 @@ def iwae_surrogate(
     """
     q = encoder.posterior(x)
     z = q.rsample(samples, generator)  # (K, B, J)
-    log_px = decoder.log_prob(x, z)
-    latent = prior.log_prob(z) - (q.detached() if dreg else q).log_prob(z)
+    log_px, log_pz = decoder.log_prob(x, z), prior.log_prob(z)
+    log_qz = (q.detached() if dreg else q).log_prob(z)
+    log_w = log_px + log_pz - log_qz  # the beta = 1 log-weights
     log_k = math.log(samples)
-    bound = torch.logsumexp((log_px + latent).detach(), 0) - log_k
-    log_w = log_px + kl_weight * latent if kl_weight != 1.0 else log_px + latent
+    if not dreg and kl_weight == 1.0:  # the bound is its own surrogate
+        bound = torch.logsumexp(log_w, 0) - log_k
+        return bound, bound.detach()
+    bound = torch.logsumexp(log_w.detach(), 0) - log_k
+    if kl_weight != 1.0:
+        log_w = log_px + kl_weight * (log_pz - log_qz)
     if not dreg:
         return torch.logsumexp(log_w, 0) - log_k, bound
     weights = torch.softmax(log_w.detach(), 0)

@@ -541,7 +541,7 @@ def _interrupt(processes: list) -> None:
     import signal
 
     for proc in processes:
-        with contextlib.suppress(ProcessLookupError, AttributeError):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGINT)
 
 

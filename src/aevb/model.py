@@ -22,7 +22,6 @@ from .estimators import (
     SCORE_FUNCTION,
     elbo,
     elbo_terms,
-    iwae_bound,
     iwae_surrogate,
     score_function,
 )
@@ -203,6 +202,8 @@ class VAE(nn.Module):
         if c.dropout:
             for net in (self.encoder.net, self.decoder.net):
                 add_dropout(net, c.dropout)
+        #: the dropout layers (``--dropout``), whose masks :meth:`dropout_noise` draws
+        self.dropouts = [m for m in self.modules() if isinstance(m, Dropout)]
         self.prior = PRIORS[c.prior](c.latent_dim)
         if c.parameter_posterior:
             # log-variances of q(theta) for every decoder weight (full VB, Appendix F); the
@@ -217,13 +218,12 @@ class VAE(nn.Module):
     @contextlib.contextmanager
     def dropout_noise(self, generator: torch.Generator | None) -> Iterator[None]:
         """Draw the dropout masks (``--dropout``) from ``generator`` while in this context."""
-        drops = [m for m in self.modules() if isinstance(m, Dropout)]
-        for m in drops:
+        for m in self.dropouts:
             m.generator = generator
         try:
             yield
         finally:
-            for m in drops:
+            for m in self.dropouts:
                 m.generator = None
 
     @property
@@ -350,11 +350,7 @@ class VAE(nn.Module):
         self, x: TensorLike, samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """Per-datapoint importance-weighted bound with K = ``samples`` (Burda et al. 2015)."""
-        if int(samples) < 1:
-            raise ConfigError(f"the IWAE bound needs samples >= 1, got {samples}")
-        return iwae_bound(
-            self.encoder, self.decoder, self.prior, self._as_tensor(x), samples, generator
-        )
+        return self.iwae_surrogate(x, samples, generator)[0]
 
     def iwae_surrogate(
         self,

@@ -437,6 +437,11 @@ class TrainConfig(ObjectiveOptions, OptimOptions, EvalOptions, CheckpointOptions
             )
 
     @property
+    def lr_by_samples(self) -> bool:
+        """Whether the step size follows the samples seen (cosine, linear: set every step)."""
+        return self.lr_schedule in ("cosine", "linear")
+
+    @property
     def kl_weighted(self) -> bool:
         """Whether the training objective weights the KL term (KL warm-up or beta != 1)."""
         return self.kl_beta != 1.0 or self.kl_warmup is not None

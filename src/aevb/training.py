@@ -549,7 +549,7 @@ class Trainer:
             xb = self._start_steps()
             assert self.watch is not None  # made by _start_steps
             n_running = 0
-            scheduled = c.lr_schedule in ("cosine", "linear")  # by samples, at every step
+            scheduled = c.lr_by_samples
             last_ckpt = time.monotonic()
             last_ckpt_samples = self.samples_seen
             snapshots = sorted(n for n in c.snapshots or () if n > self.samples_seen)
@@ -639,8 +639,7 @@ class Trainer:
                 f"{c.lr_factor:g} after {c.lr_patience} evaluations without a better validation "
                 f"bound" + (f" (not below {c.lr_min:g})" if c.lr_min else "")
             )
-        scheduled = c.lr_schedule in ("cosine", "linear")
-        if scheduled and self.progress:
+        if c.lr_by_samples and self.progress:
             lr0 = self.alg.optimizer.param_groups[0]["initial_lr"]
             end = c.lr_at(lr0, self.horizon, self.horizon)
             tqdm.write(

@@ -53,6 +53,8 @@ class AEVB(Algorithm):
         self.baseline: Tensor | None = None  # the score-function baseline (saved in checkpoints)
 
     def step(self, x: Tensor, generator: torch.Generator, index: Tensor | None = None) -> Tensor:
+        if not self.model.dropouts:
+            return self._step(x, generator)
         with self.model.dropout_noise(generator):  # --dropout's masks from the run's noise
             return self._step(x, generator)
 
