@@ -60,6 +60,8 @@ if fail != "none":  # rank 1 dies (SIGKILL) or hangs (SIGSTOP) at its 4th traini
     algorithms.AEVB.step = failing_step
     sys.exit(cli.main(["train", "--out", out, *kwargs]))
 for i, kw in enumerate(kwargs):  # runs in turn; the second one on the autograd step
+    if isinstance(kw.get("time_limit"), list):  # a limit per rank: rank 1's spent at once
+        kw["time_limit"] = kw["time_limit"][rank]
     run = api.train(out=out if i == 0 else None, **kw)
     params = {k: v.detach().clone().contiguous() for k, v in run.model.state_dict().items()}
     save_file(params, os.path.join(os.path.dirname(out), f"run{i}-rank{rank}.safetensors"))
@@ -128,26 +130,32 @@ def _assert_close(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def single(small_run):
-    """One process, global minibatch 50: to 1 500 samples, and on to 3 000."""
+    """One process, global minibatch 50: to 1 000 and 1 500 samples, and on to 3 000."""
     torch.set_num_threads(1)
-    return {n: _params(small_run(batch_size=2 * PER_RANK, budget=n, **SMALL)) for n in (1500, 3000)}
+    sizes = (1000, 1500, 3000)
+    return {n: _params(small_run(batch_size=2 * PER_RANK, budget=n, **SMALL)) for n in sizes}
 
 
 def test_two_ranks_equal_each_other_and_one_process_and_resume_on_one(tmp_path, single, small_run):
     run = tmp_path / "run"
     kwargs = dict(SMALL, batch_size=PER_RANK, budget=1500)
     autograd = dict(kwargs, budget=500, posterior="laplace")  # no fast engine for Laplace
-    procs = _ranks([json.dumps([kwargs, autograd]), str(run), "none"], tmp_path)
+    # --time-limit spent on rank 1 only: both ranks stop at the first check (20 steps, 1 000
+    # samples), as they decide together; alone, rank 0 would wait for rank 1 and time out
+    limited = dict(kwargs, time_limit=[3600, 1e-9])
+    procs = _ranks([json.dumps([kwargs, autograd, limited]), str(run), "none"], tmp_path)
     try:
         outs = [p.communicate(timeout=HARD) for p in procs]
     finally:
         _stop(procs)
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
-    for i in (1, 0):  # every rank holds exactly the same parameters, on either engine
+    for i in (2, 1, 0):  # every rank holds exactly the same parameters, on either engine
         p0, p1 = (_params(tmp_path / f"run{i}-rank{r}.safetensors") for r in (0, 1))
         for k in p0:
             assert torch.equal(p0[k], p1[k]), k
+        if i == 2:  # the time-limited run: stopped together after 1 000 samples
+            _assert_close(p0, single[1000])
     _assert_close(p0, single[1500])  # = one process over the same samples, global batch 50
     _assert_close(_params(run / "model.safetensors"), p0)
     # rank 0 alone wrote the run: one record per evaluation, counted in global samples

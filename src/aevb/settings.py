@@ -336,6 +336,14 @@ class RunOptions(_Group):
     """This invocation: where it runs (not recorded with the run)."""
 
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    time_limit: float | None = option(
+        None,
+        "stop this call's training after this many seconds of wall time (steps, evaluations "
+        "and checkpoints; data loading not counted), with an evaluation and a checkpoint "
+        "where it stops; --resume RUNDIR continues it",
+        check=above(0),
+        metavar="SECONDS",
+    )
 
 
 def _algorithm_fields() -> list[tuple[str, Any, Any]]:

@@ -211,6 +211,7 @@ class Trainer:
         evaluate_points: bool = True,
         valid_x: Tensor | MappedRows | None = None,
         callbacks: list[Callback] | None = None,
+        time_limit: float | None = None,
     ) -> None:
         self.alg = algorithm
         self.model = algorithm.model
@@ -266,6 +267,8 @@ class Trainer:
         for g in algorithm.optimizer.param_groups:  # the schedule's start (saved with the state)
             g.setdefault("initial_lr", g["lr"])
         self.should_stop = False  # set by a callback (aevb.callbacks): stop after this evaluation
+        self.time_limit = time_limit  # wall seconds for run() (--time-limit), or None
+        self.out_of_time = False  # run() stopped at its time limit
         self.callbacks: list[Callback] = [*self._default_callbacks(), *(callbacks or ())]
 
     def _default_callbacks(self) -> list[Callback]:
@@ -538,6 +541,7 @@ class Trainer:
         c, m = self.config, self.config.batch_size
         records: list[dict] = []
         total_steps = self.total // m
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
         if self.should_stop:
             return records  # stopped early (--patience) before the checkpoint resumed from
         try:
@@ -569,22 +573,19 @@ class Trainer:
                 if self.watch.record(self.step_count, bound, self.alg.finite_probe()):
                     self.check_finite()
                 if n_running == 20 or self.step_count == total_steps:
-                    self.check_finite()
-                    mean_bound = float(distributed.all_reduce_mean_(running)) / n_running
-                    self.trace.append(mean_bound)
-                    self._notify("on_step_group", mean_bound, n_running * m)
-                    running.zero_()
+                    self._step_group(running, n_running, deadline)
                     n_running = 0
                 due = _due(snapshots, self.samples_seen) if snapshots else []
-                if pending and self.samples_seen >= pending[0]:
+                if (pending and self.samples_seen >= pending[0]) or self.out_of_time:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
                     records.append(self._log(self.evaluate()))
-                    pending.pop(0)
+                    if pending and self.samples_seen >= pending[0]:
+                        pending.pop(0)
                     self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
                     t0 = time.perf_counter()
-                    if self.should_stop:  # early stopping (--patience), or a callback's stop
+                    if self.should_stop or self.out_of_time:  # --patience, a callback, the time
                         break
                 elif (
                     due
@@ -601,6 +602,24 @@ class Trainer:
         finally:
             self._notify("on_train_end")
         return records
+
+    def _step_group(self, running: Tensor, n: int, deadline: float | None) -> None:
+        """Every 20 steps: the finite check, the group's mean bound to the callbacks, and the
+        time limit (decided by all ranks together, so that they stop at the same step)."""
+        self.check_finite()
+        mean_bound = float(distributed.all_reduce_mean_(running)) / n
+        self.trace.append(mean_bound)
+        self._notify("on_step_group", mean_bound, n * self.config.batch_size)
+        running.zero_()
+        if deadline is None:
+            return
+        late = torch.tensor(float(time.monotonic() >= deadline), device=self.device)
+        self.out_of_time = float(distributed.all_reduce_mean_(late)) > 0
+        if self.out_of_time and self.progress:
+            tqdm.write(
+                f"time limit: stopped after {self.time_limit:g} s at {self.samples_seen:,} "
+                f"samples of {self.total:,}; continue with --resume"
+            )
 
     def _first_evaluation(self, records: list[dict]) -> list[int]:
         """The evaluation points still due; logs the one at 0 samples of a fresh run."""

@@ -234,7 +234,7 @@ def train(
         tcfg.lr, tcfg.lr_search = choose_lr(mcfg, tcfg, tensors[0], dev, progress)
         cfg["train"] = tcfg.to_dict()
     _commit_config(out_dir, cfg)  # the run exists from here
-    trainer = _trainer(mcfg, tcfg, tensors, dev, out_dir, progress, callbacks)
+    trainer = _trainer(mcfg, tcfg, tensors, dev, out_dir, progress, callbacks, s.run.time_limit)
     return _finish(trainer, out_dir, cfg, ds, draw_figures)
 
 
@@ -368,6 +368,7 @@ def _trainer(
     run_dir: Path | None,
     progress: bool,
     callbacks: Sequence[Callback],
+    time_limit: float | None = None,
 ) -> Trainer:
     """The model (initialised from the seed), its algorithm, and the Trainer around them."""
     train_x, test_x, valid_x = tensors
@@ -382,6 +383,7 @@ def _trainer(
         progress=progress,
         valid_x=valid_x,
         callbacks=list(callbacks),
+        time_limit=time_limit,
     )
 
 
@@ -432,8 +434,9 @@ def _limit_train(ds: Dataset, n: int | None) -> None:
     ds.train = ds.train[:n]
 
 
-RESUME_OPTIONS = ("budget", "epochs", "device", "data_dir")
-"""What ``--resume`` may change: the run's length, where it runs and where its data lies."""
+RESUME_OPTIONS = ("budget", "epochs", "device", "data_dir", "time_limit")
+"""What ``--resume`` may change: the run's length, where it runs and where its data lies, and
+this call's time limit."""
 
 
 def _resume(
@@ -475,7 +478,7 @@ def _resume(
     changed = "budget" in options or "epochs" in options or tcfg.lr == "auto"
     if tcfg.lr == "auto":  # killed during the step-size trial: run it, then the run
         tcfg.lr, tcfg.lr_search = choose_lr(mcfg, tcfg, tensors[0], dev, progress)
-    trainer = _trainer(mcfg, tcfg, tensors, dev, run_dir, progress, callbacks)
+    trainer = _trainer(mcfg, tcfg, tensors, dev, run_dir, progress, callbacks, s.run.time_limit)
     _load_checkpoint(trainer, run_dir, dev)
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
     if distributed.is_main():
@@ -556,6 +559,7 @@ def _finish(trainer: Trainer, out_dir: Path | None, cfg: dict, ds: Dataset, draw
         "evaluation_s": trainer.spent["evaluation"],
         "checkpoint_s": trainer.spent["checkpoint"],
         "figures_s": time.perf_counter() - t,
+        "time_limit_reached": trainer.out_of_time,
     }
     trainer._notify("on_run_end")  # the run's files are final (aevb.callbacks)
     return run
