@@ -63,8 +63,11 @@ def test_train_help_lists_every_option_with_help_and_choices():
     for name, group in settings.OWNER.items():
         cls = settings.GROUPS[group]
         flag = "--" + name.replace("_", "-")
-        if cls is settings.ObjectiveOptions and name == "weight_prior":
-            flag = "--no-weight-prior"  # on by default: the flag turns it off
+        if (name, cls) in (
+            ("weight_prior", settings.ObjectiveOptions),
+            ("eval_test", settings.EvalOptions),
+        ):
+            flag = "--no-" + flag[2:]  # on by default: the flag turns it off
         assert flag in text, flag
     assert "{tanh,relu,softplus,elu,sigmoid}" in text  # choices from the registry
     assert "{aevb,wake-sleep,mcem,full-vb,autoencoder}" in text

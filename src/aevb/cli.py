@@ -434,21 +434,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = api.train(out=out, resume=args.resume, progress=not args.quiet, **options)
     if not distributed.is_main():
         return 0  # under torchrun rank 0 alone reports
-    f = run.final
-    tc = run.config["train"]
-    iw = ""
-    if "test_iwae_bound" in f:
-        iw = f", test IWAE bound {f['test_iwae_bound']:.3f} (K={tc['samples']})"
-    what = "bound" if "train_bound" in f else "log_likelihood"  # MCEM has no bound
-    label = "bound" if what == "bound" else "log p(x)"
-    how = f"estimator {tc['estimator']}"
-    if tc["algorithm"] == "autoencoder":  # no bound: its reconstruction log p(x|z=mu(x))
-        what, label, how = "reconstruction", "log p(x|z=mu(x))", "auto-encoder"
-    print(
-        f"trained {f.get('samples_seen', 0):,} samples ({how}): "
-        f"train {label} {f.get(f'train_{what}', float('nan')):.3f}, test {label} "
-        f"{f.get(f'test_{what}', float('nan')):.3f} nats{iw}; run in {run.path}"
-    )
+    print(_summary_line(run))
+    f, tc = run.final, run.config["train"]
     if not args.quiet and run.timing.get("training_s"):
         print(_timing_line(run.timing))
     metric = metric_for(tc.get("estimator"))
@@ -464,6 +451,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_line(run: api.Run) -> str:
+    """The last evaluation: train and held-out numbers (test, else validation: --no-eval-test)."""
+    f, tc = run.final, run.config["train"]
+    what = "bound" if "train_bound" in f else "log_likelihood"  # MCEM has no bound
+    label = "bound" if what == "bound" else "log p(x)"
+    how = f"estimator {tc['estimator']}"
+    if tc["algorithm"] == "autoencoder":  # no bound: its reconstruction log p(x|z=mu(x))
+        what, label, how = "reconstruction", "log p(x|z=mu(x))", "auto-encoder"
+    held = next((s for s in ("test", "valid") if f"{s}_{what}" in f), "test")
+    iw = ""
+    if f"{held}_iwae_bound" in f:
+        iw = f", {held} IWAE bound {f[f'{held}_iwae_bound']:.3f} (K={tc['samples']})"
+    return (
+        f"trained {f.get('samples_seen', 0):,} samples ({how}): "
+        f"train {label} {f.get(f'train_{what}', float('nan')):.3f}, {held} {label} "
+        f"{f.get(f'{held}_{what}', float('nan')):.3f} nats{iw}; run in {run.path}"
+    )
+
+
 def _timing_line(t: dict) -> str:
     """Where the training call's time went: steps (and their rate), evaluations, checkpoints."""
     rate = t["samples"] / t["training_s"]
@@ -476,8 +482,8 @@ def _timing_line(t: dict) -> str:
 
 def _latent_usage_note(final: dict) -> str | None:
     """One line when a run ends with fewer than half its latent dimensions active (from its last
-    evaluation, test split, else train), saying what to try; None otherwise."""
-    split = "test" if "test_active_units" in final else "train"
+    evaluation, test split, else validation, else train), saying what to try; None otherwise."""
+    split = next((s for s in ("test", "valid") if f"{s}_active_units" in final), "train")
     active, per_dim = final.get(f"{split}_active_units"), final.get(f"{split}_kl_per_dim")
     if active is None or not per_dim or 2 * active >= len(per_dim):
         return None

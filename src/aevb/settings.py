@@ -278,6 +278,11 @@ class EvalOptions(_Group):
         check=between(1, 1000),
     )
     eval_size: int = option(10_000, "points per split at each evaluation", check=positive)
+    eval_test: bool = option(
+        True,
+        "leave the test split out of the evaluations during training (train and validation "
+        "only): the test set is then looked at once, by aevb evaluate, for the model kept",
+    )
     eval_marginal: Literal["is", "hmc"] | None = option(
         None,
         "also log log p(x) at each evaluation: importance sampling or Appendix D (HMC)",

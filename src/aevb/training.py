@@ -372,39 +372,45 @@ class Trainer:
             rec["lr"] = float(self.alg.optimizer.param_groups[0]["lr"])
         distributed.check_replicas(self.model.parameters())  # the ranks hold the same model
         ranks = (self.rank,) if self.world > 1 else ()  # each rank its own evaluation noise
-        g = torch.Generator(device=self.device).manual_seed(
-            split_seed(self.config.seed, 6, self.samples_seen, *ranks)
-        )
         self.model.eval()
-        splits = (("train", self.train_x), ("test", self.test_x), ("valid", self.valid_x))
+        test_x = self.test_x if self.config.eval_test else None  # --no-eval-test
+        splits = (("train", self.train_x), ("test", test_x), ("valid", self.valid_x))
         for split_id, (name, x) in enumerate(splits):
             if x is None:
                 continue
-            xe = self._eval_data(x, split_id)
-            if self.alg.has_bound:  # the bound, its two terms and the latent usage: one pass
-                rec.update(terms_record(name, self._spread_terms(xe, g)))
-            if not self.alg.has_bound and self.alg.reports:  # the auto-encoder's reconstruction
-                r = self._spread(lambda t: self.alg.evaluate(t, g), xe, 2000)
-                rec[f"{name}_{self.alg.reports}"] = float(r.mean())
-                rec[f"{name}_{self.alg.reports}_se"] = standard_error(r)
-            if self.config.estimator == "iwae":
-                k = self.config.samples
-                step = max(1, 20_000 // k)  # at most ~20 000 decoded (z, x) pairs at once
-                w = self._spread(
-                    lambda t: self.model.iwae_bound(t, self.config.samples, g), xe, step
-                )
-                rec[f"{name}_iwae_bound"] = float(w.mean())
-                rec[f"{name}_iwae_bound_se"] = standard_error(w)
-            if self.config.eval_marginal is not None:
-                xm = xe[: self.config.eval_marginal_points]
-                ll = self._spread(lambda t: self._log_likelihood(t, g), xm, len(xm))
-                rec[f"{name}_log_likelihood"] = float(ll.mean())
-                rec[f"{name}_log_likelihood_se"] = standard_error(ll)
-                if self.alg.has_bound:  # the bound on the same points, for a like-for-like gap
-                    sub = self._spread(lambda t: self.alg.evaluate(t, g), xm, len(xm))
-                    rec[f"{name}_bound_subset"] = float(sub.mean())
+            # each split its own noise: a split left out changes no other split's numbers
+            g = torch.Generator(device=self.device).manual_seed(
+                split_seed(self.config.seed, 6, self.samples_seen, split_id, *ranks)
+            )
+            rec.update(self._evaluate_split(name, self._eval_data(x, split_id), g))
         self.model.train()
         rec.update(self.alg.extra_metrics())
+        return rec
+
+    def _evaluate_split(self, name: str, xe: Tensor, g: torch.Generator) -> dict:
+        """One split's numbers: the bound and its terms (or the auto-encoder's reconstruction),
+        the IWAE bound of an IWAE run, and log p(x) with ``--eval-marginal``."""
+        rec: dict = {}
+        if self.alg.has_bound:  # the bound, its two terms and the latent usage: one pass
+            rec.update(terms_record(name, self._spread_terms(xe, g)))
+        if not self.alg.has_bound and self.alg.reports:  # the auto-encoder's reconstruction
+            r = self._spread(lambda t: self.alg.evaluate(t, g), xe, 2000)
+            rec[f"{name}_{self.alg.reports}"] = float(r.mean())
+            rec[f"{name}_{self.alg.reports}_se"] = standard_error(r)
+        if self.config.estimator == "iwae":
+            k = self.config.samples
+            step = max(1, 20_000 // k)  # at most ~20 000 decoded (z, x) pairs at once
+            w = self._spread(lambda t: self.model.iwae_bound(t, k, g), xe, step)
+            rec[f"{name}_iwae_bound"] = float(w.mean())
+            rec[f"{name}_iwae_bound_se"] = standard_error(w)
+        if self.config.eval_marginal is not None:
+            xm = xe[: self.config.eval_marginal_points]
+            ll = self._spread(lambda t: self._log_likelihood(t, g), xm, len(xm))
+            rec[f"{name}_log_likelihood"] = float(ll.mean())
+            rec[f"{name}_log_likelihood_se"] = standard_error(ll)
+            if self.alg.has_bound:  # the bound on the same points, for a like-for-like gap
+                sub = self._spread(lambda t: self.alg.evaluate(t, g), xm, len(xm))
+                rec[f"{name}_bound_subset"] = float(sub.mean())
         return rec
 
     def _spread_terms(self, x: Tensor, generator: torch.Generator) -> BoundTerms:

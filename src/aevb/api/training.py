@@ -592,9 +592,10 @@ def draw_run_figures(run: Run, ds: Dataset | None = None) -> list[Path]:
 
 def _latent_usage_figure(metrics: list[dict], label: str, fig_dir: Path) -> list[Path]:
     """figures/latent_usage.png from the last evaluation's per-dimension KL and activity (test
-    split, else train); nothing for runs that logged none (no encoder-based bound)."""
+    split, else validation, else train); nothing for runs that logged none (no encoder-based
+    bound)."""
     last = metrics[-1] if metrics else {}
-    split = next((s for s in ("test", "train") if f"{s}_kl_per_dim" in last), None)
+    split = next((s for s in ("test", "valid", "train") if f"{s}_kl_per_dim" in last), None)
     if split is None or f"{split}_activity" not in last:
         return []
     path = fig_dir / "latent_usage.png"
