@@ -548,6 +548,7 @@ class Trainer:
         records: list[dict] = []
         total_steps = self.total // m
         deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
+        self.out_of_time = False  # this call's limit (a Trainer may run again, e.g. resumed)
         if self.should_stop:
             return records  # stopped early (--patience) before the checkpoint resumed from
         try:
