@@ -583,11 +583,12 @@ class Trainer:
                     self._step_group(running, n_running, deadline)
                     n_running = 0
                 due = _due(snapshots, self.samples_seen) if snapshots else []
-                if (pending and self.samples_seen >= pending[0]) or self.out_of_time:
+                eval_due = bool(pending) and self.samples_seen >= pending[0]
+                if eval_due or self.out_of_time:
                     self.check_finite()  # before evaluating: name the step, not the evaluation
                     self.seconds += time.perf_counter() - t0
                     records.append(self._log(self.evaluate()))
-                    if pending and self.samples_seen >= pending[0]:
+                    if eval_due:
                         pending.pop(0)
                     self.checkpoint(due)
                     last_ckpt, last_ckpt_samples = time.monotonic(), self.samples_seen
