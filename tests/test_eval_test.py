@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 import aevb
@@ -42,3 +44,22 @@ def test_the_cli_reports_the_validation_bound_instead(tmp_path, capsys, overfit_
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("trained 2,000 samples (estimator B): train bound ")
     assert ", valid bound -" in line and "test" not in line.split("; run in")[0]
+
+
+def _evaluation_lines(capsys) -> list[str]:
+    captured = capsys.readouterr()
+    return [ln for ln in (captured.out + captured.err).splitlines() if " samples  bound: " in ln]
+
+
+def test_the_progress_lines_show_the_splits_that_were_evaluated(tmp_path, capsys, overfit_npz):
+    argv = ["train", "--data", str(overfit_npz), "--latent-dim", "2", "--hidden", "30"]
+    argv += ["--lr", "0.02", "--budget", "400", "--batch-size", "20", "--eval-per-decade", "1"]
+    held = [*argv, "--validation", "--no-eval-test", "--out", str(tmp_path / "held")]
+    assert main(held) == 0
+    lines = _evaluation_lines(capsys)
+    assert len(lines) == 3
+    assert all(re.search(r"valid +-[0-9]", ln) and "test" not in ln for ln in lines)
+    assert main([*argv, "--validation", "--out", str(tmp_path / "both")]) == 0
+    lines = _evaluation_lines(capsys)
+    assert len(lines) == 3
+    assert all(re.search(r"valid +-[0-9.]+ test +-[0-9]", ln) for ln in lines)

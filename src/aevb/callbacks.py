@@ -227,7 +227,11 @@ class ProgressBar(Callback):
 
 
 def evaluation_line(rec: dict) -> str:
-    """The progress line of an evaluation record: samples, then train and test bounds."""
+    """The progress line of an evaluation record: samples, then each split's bounds.
+
+    The held-out splits shown are those the record has (valid, test or both), so a run with
+    ``--no-eval-test`` shows its validation numbers rather than a blank test column.
+    """
     line = f"{rec['samples_seen']:>12,d} samples"
     labels: tuple[tuple[str, str], ...] = (
         ("bound", "bound"),
@@ -239,5 +243,7 @@ def evaluation_line(rec: dict) -> str:
     for key, label in labels:
         if f"train_{key}" in rec:
             line += f"  {label}: train {rec[f'train_{key}']:9.3f}"
-            line += f" test {rec.get(f'test_{key}', float('nan')):9.3f}"
+            for split in ("valid", "test"):
+                if f"{split}_{key}" in rec:
+                    line += f" {split} {rec[f'{split}_{key}']:9.3f}"
     return line
