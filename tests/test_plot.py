@@ -35,3 +35,23 @@ def test_plot_several_runs_from_metrics_alone(tmp_path, overfit_run, capsys):
     assert "no evaluation at or after" in line and "smaller --since" in line
     with pytest.raises(RunError):
         aevb.load(only, which="best")
+
+
+@pytest.mark.parametrize(
+    ("metric", "label"),
+    [("bound", "lower bound"), ("iwae_bound", "importance-weighted bound")],
+)
+def test_the_axis_names_the_metric_drawn(tmp_path, monkeypatch, metric, label):
+    from aevb import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save_figure", lambda fig, path, **kw: drawn.update(fig=fig))
+    recs = [
+        {"samples_seen": n, "train_bound": -n / 1e3, "train_iwae_bound": -n / 2e3} for n in (1, 10)
+    ]
+    recs = [{**r, "valid_bound": r["train_bound"] - 1, "valid_iwae_bound": -1.0} for r in recs]
+    figures.plot_curves([("run", recs)], tmp_path / "c.png", metric=metric)
+    ax = drawn["fig"].axes[0]
+    assert ax.get_ylabel().startswith(label)
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()}
+    assert lines["run valid"] == [r[f"valid_{metric}"] for r in recs]

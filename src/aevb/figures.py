@@ -200,6 +200,7 @@ def plot_curves(
     ax.set_ylabel(
         {
             "bound": "lower bound per datapoint (nats)",
+            "iwae_bound": "importance-weighted bound per datapoint (nats)",
             "reconstruction": "reconstruction log p(x|z) per datapoint (nats)",
         }.get(metric, "log p(x) per datapoint (nats)")
     )
