@@ -186,7 +186,7 @@ def test_the_note_when_fewer_than_half_the_dimensions_are_active(cli_run):
     assert _latent_usage_note(half) is None  # half active: no note
     assert "1 of 4" in (_latent_usage_note({**half, "test_active_units": 1}) or "")
     assert "try a KL warm-up" in (_latent_usage_note({**half, "test_active_units": 1}) or "")
-    warmed = _latent_usage_note({**half, "test_active_units": 1}, kl_warmup=2_000_000) or ""
+    warmed = _latent_usage_note({**half, "test_active_units": 1}, {"kl_warmup": 2_000_000}) or ""
     assert "try a longer KL warm-up (this run's --kl-warmup: 2,000,000 samples)" in warmed
     assert _latent_usage_note({"train_log_likelihood": -90.0}) is None  # MCEM: no usage
 

@@ -445,7 +445,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"best {metric.replace('_', ' ')} {best[metric]:.3f} at {best['samples_seen']:,} "
             f"samples (kept as {run.path}/best_model.safetensors)"
         )
-    note = _latent_usage_note(f, tc.get("kl_warmup"))
+    note = _latent_usage_note(f, tc)
     if note is not None:
         sys.stderr.write(note + "\n")
     return 0
@@ -480,24 +480,18 @@ def _timing_line(t: dict) -> str:
     )
 
 
-def _latent_usage_note(final: dict, kl_warmup: int | None = None) -> str | None:
+def _latent_usage_note(final: dict, train: dict | None = None) -> str | None:
     """One line when a run ends with fewer than half its latent dimensions active (from its last
-    evaluation, test split, else validation, else train), saying what to try; None otherwise.
-    A run that had a KL warm-up is told to lengthen it rather than to add one."""
+    evaluation, test split, else validation, else train), saying what to try (given the run's
+    ``train`` configuration: :func:`settings.latent_usage_hint`); None otherwise."""
     split = next((s for s in ("test", "valid") if f"{s}_active_units" in final), "train")
     active, per_dim = final.get(f"{split}_active_units"), final.get(f"{split}_kl_per_dim")
     if active is None or not per_dim or 2 * active >= len(per_dim):
         return None
-    hint = settings.LATENT_USAGE_HINT
-    if kl_warmup:
-        hint = (
-            f"try a longer KL warm-up (this run's --kl-warmup: {kl_warmup:,} samples) "
-            "or a smaller --latent-dim"
-        )
     return (
         f"aevb: note: only {active} of {len(per_dim)} latent dimensions are active "
         f"(Cov_x E_q[z_d|x] > 0.01 on the {split} split; figures/latent_usage.png), the "
-        f"others' posterior means barely depend on x; {hint}"
+        f"others' posterior means barely depend on x; {settings.latent_usage_hint(train)}"
     )
 
 

@@ -502,6 +502,18 @@ LATENT_USAGE_HINT = "try a KL warm-up (--kl-warmup SAMPLES) or a smaller --laten
 """What to try when few latent dimensions are active (``aevb train``'s note at the end)."""
 
 
+def latent_usage_hint(train: dict[str, Any] | None = None) -> str:
+    """:data:`LATENT_USAGE_HINT` for a run's ``train`` configuration: a run that already had a
+    KL warm-up is told to lengthen it (naming its length) rather than to add one."""
+    warmup = (train or {}).get("kl_warmup")
+    if not warmup:
+        return LATENT_USAGE_HINT
+    return (
+        f"try a longer KL warm-up (this run's --kl-warmup: {warmup:,} samples) "
+        "or a smaller --latent-dim"
+    )
+
+
 # --------------------------------------------------------------------------- all the settings
 
 
