@@ -6,7 +6,7 @@ import pytest
 from helpers import error_lines
 
 import aevb
-from aevb import runs
+from aevb import figures, runs
 from aevb.cli import main
 from aevb.errors import ConfigError, RunError
 
@@ -42,8 +42,6 @@ def test_plot_several_runs_from_metrics_alone(tmp_path, overfit_run, capsys):
     [("bound", "lower bound"), ("iwae_bound", "importance-weighted bound")],
 )
 def test_the_axis_names_the_metric_drawn(tmp_path, monkeypatch, metric, label):
-    from aevb import figures
-
     drawn = {}
     monkeypatch.setattr(figures, "_save_figure", lambda fig, path, **kw: drawn.update(fig=fig))
     recs = [
@@ -55,3 +53,4 @@ def test_the_axis_names_the_metric_drawn(tmp_path, monkeypatch, metric, label):
     assert ax.get_ylabel().startswith(label)
     lines = {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()}
     assert lines["run valid"] == [r[f"valid_{metric}"] for r in recs]
+    figures._pyplot().close(drawn["fig"])
