@@ -459,7 +459,7 @@ def _summary_line(run: api.Run) -> str:
     how = f"estimator {tc['estimator']}"
     if tc["algorithm"] == "autoencoder":  # no bound: its reconstruction log p(x|z=mu(x))
         what, label, how = "reconstruction", "log p(x|z=mu(x))", "auto-encoder"
-    held = next((s for s in ("test", "valid") if f"{s}_{what}" in f), "test")
+    held = runs.reported_split(f, what, ("test", "valid")) or "test"
     iw = ""
     if f"{held}_iwae_bound" in f:
         iw = f", {held} IWAE bound {f[f'{held}_iwae_bound']:.3f} (K={tc['samples']})"
@@ -484,7 +484,7 @@ def _latent_usage_note(final: dict, train: dict | None = None) -> str | None:
     """One line when a run ends with fewer than half its latent dimensions active (from its last
     evaluation, test split, else validation, else train), saying what to try (given the run's
     ``train`` configuration: :func:`settings.latent_usage_hint`); None otherwise."""
-    split = next((s for s in ("test", "valid") if f"{s}_active_units" in final), "train")
+    split = runs.reported_split(final, "active_units") or "train"
     active, per_dim = final.get(f"{split}_active_units"), final.get(f"{split}_kl_per_dim")
     if active is None or not per_dim or 2 * active >= len(per_dim):
         return None

@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -582,6 +583,14 @@ def verify_run(run_dir: str | Path) -> dict:
 
 
 # --------------------------------------------------------------------------- metrics.jsonl
+
+
+def reported_split(
+    record: dict, key: str, splits: Sequence[str] = ("test", "valid", "train")
+) -> str | None:
+    """The split whose ``key`` a report shows from an evaluation record: the first of ``splits``
+    that the record has (test, else validation: a run with --no-eval-test, else train)."""
+    return next((s for s in splits if f"{s}_{key}" in record), None)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

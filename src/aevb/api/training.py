@@ -595,7 +595,7 @@ def _latent_usage_figure(metrics: list[dict], label: str, fig_dir: Path) -> list
     split, else validation, else train); nothing for runs that logged none (no encoder-based
     bound)."""
     last = metrics[-1] if metrics else {}
-    split = next((s for s in ("test", "valid", "train") if f"{s}_kl_per_dim" in last), None)
+    split = runs.reported_split(last, "kl_per_dim")
     if split is None or f"{split}_activity" not in last:
         return []
     path = fig_dir / "latent_usage.png"
