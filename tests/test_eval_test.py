@@ -8,6 +8,7 @@ import torch
 
 import aevb
 from aevb.cli import main
+from aevb.explorer.state import Explorer
 
 # overfit_npz (conftest): real digits, 60 training points and separate validation and test sets
 SMALL = dict(
@@ -63,3 +64,11 @@ def test_the_progress_lines_show_the_splits_that_were_evaluated(tmp_path, capsys
     lines = _evaluation_lines(capsys)
     assert len(lines) == 3
     assert all(re.search(r"valid +-[0-9.]+ test +-[0-9]", ln) for ln in lines)
+
+
+def test_the_explorer_shows_the_validation_latent_usage(tmp_path, overfit_npz):
+    held = aevb.train(str(overfit_npz), tmp_path / "held", eval_test=False, progress=False, **SMALL)
+    active = Explorer(tmp_path / "held").info()["active"]
+    last = held.metrics[-1]
+    assert active["split"] == "valid" and active["samples_seen"] == last["samples_seen"]
+    assert active["kl_per_dim"] == last["valid_kl_per_dim"] != last["train_kl_per_dim"]

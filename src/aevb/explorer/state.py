@@ -444,15 +444,16 @@ def _curves(metrics: list[dict]) -> list[dict]:
 
 
 def _active(metrics: list[dict]) -> dict | None:
-    """The last evaluation's latent usage (active units, KL per dimension), where logged."""
+    """The last evaluation's latent usage (active units, KL per dimension), where logged: test,
+    else validation (a run with --no-eval-test), else train, as the other reports choose."""
     for rec in reversed(metrics):
-        for split in ("test", "train"):
-            if f"{split}_kl_per_dim" in rec:
-                return {
-                    "split": split,
-                    "samples_seen": rec.get("samples_seen", 0),
-                    "active_units": rec.get(f"{split}_active_units"),
-                    "kl_per_dim": rec[f"{split}_kl_per_dim"],
-                    "activity": rec.get(f"{split}_activity"),
-                }
+        split = runs.reported_split(rec, "kl_per_dim")
+        if split is not None:
+            return {
+                "split": split,
+                "samples_seen": rec.get("samples_seen", 0),
+                "active_units": rec.get(f"{split}_active_units"),
+                "kl_per_dim": rec[f"{split}_kl_per_dim"],
+                "activity": rec.get(f"{split}_activity"),
+            }
     return None
