@@ -246,6 +246,33 @@ def test_parallel_jobs_give_the_same_curves(smoke, tmp_path, shared_data_dir):
     assert _png_size(par.figure) == _png_size(seq.figure)
 
 
+def test_panel_restricts_a_reproduction_and_a_later_call_adds_to_it(
+    smoke, tmp_path, shared_data_dir
+):
+    """--panel trains only the named panels (the figure, table and JSON show only them); a
+    later call with other panels trains those beside them and leaves the first ones alone."""
+    out = tmp_path / "f2"
+    one = experiments.reproduce(
+        "figure2", "smoke", out, data_dir=shared_data_dir, panels=["frey-nz2"], progress=False
+    )
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["frey-nz2"]
+    values = json.loads(one.json.read_text())
+    assert values["panels"] == ["frey-nz2"] and len(values["rows"]) == 2
+    assert one.table.read_text().count("\n| ") == 3  # header and the two curves
+    full = {(r["panel"], r["algorithm"]): r for r in smoke("figure2").rows}
+    for row in one.rows:  # the same curves as the whole figure's, to the last digit
+        assert row["test_bound"] == full[(row["panel"], row["algorithm"])]["test_bound"]
+    before = (out / "frey-nz2" / "aevb" / runs.METRICS).read_bytes()
+    two = experiments.reproduce(
+        "figure2", "smoke", out, data_dir=shared_data_dir, panels=["frey-nz5"], progress=False
+    )
+    assert {r["panel"] for r in two.rows} == {"frey-nz5"}
+    assert (out / "frey-nz2" / "aevb" / runs.METRICS).read_bytes() == before
+    with pytest.raises(ConfigError, match="unknown --panel 'mnist-nz7' for figure2; choose from"):
+        experiments.reproduce("figure2", "smoke", tmp_path / "no", panels=["mnist-nz7"])
+    assert not (tmp_path / "no").exists()
+
+
 def test_grey_mnist_reproduction(shared_data_dir, tmp_path, monkeypatch):
     """--mnist mnist: grey MNIST as Bernoulli targets, the paper-era convention. MNIST's training
     images are not in the shared folder: a stand-in training file of 2 000 test images serves."""
@@ -338,6 +365,12 @@ def test_cli_mismatched_out_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"aevb: error: --reuse {tmp_path / 'none'}: not a reproduction")
     assert err.count("\n") == 1
+    argv = ["reproduce", "figure4", "--panel", "mnist-nz20", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "aevb: error: unknown --panel 'mnist-nz20' for figure4; choose from frey-nz2, mnist-nz2\n"
+    )
 
 
 # ------------------------------------------------------------------ the documented commands

@@ -378,6 +378,14 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="another reproduction's folder: copy its curves trained with the same settings "
         "instead of training them (repeatable)",
     )
+    rp.add_argument(
+        "--panel",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="only this panel, e.g. mnist-nz20 (repeatable; default: every panel); a later call "
+        "without it trains the rest",
+    )
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(func=_cmd_reproduce)
 
@@ -692,6 +700,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         device=args.device,
         jobs=args.jobs,
         reuse=args.reuse,
+        panels=args.panel,
         progress=not args.quiet,
     )
     print(f"{res.figure}\n{res.table}\n{res.json}")

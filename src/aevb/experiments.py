@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,19 @@ def protocol(figure: str, budget: str = "quick", mnist: str = "binarized-mnist")
     return Protocol(figure, budget, n, tuple(panels), "bound", "samples", "Figure 5")
 
 
+def select_panels(proto: Protocol, keys: Sequence[str]) -> Protocol:
+    """``proto`` with only the panels named in ``keys`` (all of them when ``keys`` is empty)."""
+    if not keys:
+        return proto
+    known = [p.key for p in proto.panels]
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown --panel {unknown[0]!r} for {proto.figure}; choose from {', '.join(known)}"
+        )
+    return replace(proto, panels=tuple(p for p in proto.panels if p.key in keys))
+
+
 def _check_out(out: Path, proto: Protocol, mnist: str) -> None:
     """Refuse to mix a reproduction with another figure or budget in one directory."""
     want = {"figure": proto.figure, "budget": proto.budget, "mnist": mnist}
@@ -310,6 +323,7 @@ def reproduce(
     device: str = "auto",
     jobs: int = 1,
     reuse: Sequence[str | Path] = (),
+    panels: Sequence[str] = (),
     progress: bool = True,
 ) -> Reproduction:
     """Run the paper's protocol for ``figure`` and write its PNG, markdown table and JSON.
@@ -323,9 +337,11 @@ def reproduce(
     are small, so on CPU two one-thread runs do more than one two-thread run). ``reuse`` names
     other reproductions' folders: a curve not started here that one of them trained with the same
     options and budget is copied instead of trained (Figure 5's curves are Figure 2's AEVB MNIST
-    curves and Figure 4's MNIST one).
+    curves and Figure 4's MNIST one). ``panels`` (keys such as ``"mnist-nz20"``) restricts the
+    call to those panels, in the figure, table and JSON too; a later call without it trains the
+    rest (for a budget too long to run whole, such as ``paper``).
     """
-    proto = protocol(figure, budget, mnist)
+    proto = select_panels(protocol(figure, budget, mnist), panels)
     if not 1 <= jobs <= 64:
         raise ConfigError(f"--jobs must be between 1 and 64, got {jobs}")
     out = Path(out) if out is not None else Path("reproductions") / f"{figure}-{budget}"
@@ -364,7 +380,12 @@ def reproduce(
             )
     else:
         _train_parallel(proto, todo, data_dir, device, jobs, progress, where)
-    summary = {"budget": budget, "mnist": mnist, "curves_copied_this_call": copied}
+    summary = {
+        "budget": budget,
+        "mnist": mnist,
+        "curves_copied_this_call": copied,
+        "panels": [p.key for p in proto.panels],
+    }
     return _write_results(proto, todo, out, summary, started, progress)
 
 
@@ -407,6 +428,7 @@ def _write_results(
             "train_seconds": sum(r["seconds"] or 0.0 for r in rows),
             "this_call_seconds": round(wall, 1),
             "curves_copied_this_call": summary["curves_copied_this_call"],
+            "panels": summary["panels"],
             "rows": rows,
         },
     )
