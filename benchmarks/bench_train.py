@@ -38,6 +38,7 @@ spread (min..max) is printed with each median.
     python benchmarks/bench_train.py --data frey -M 100 --latent 20
     python benchmarks/bench_train.py --table              # docs/PERFORMANCE.md's grid
     python benchmarks/bench_train.py --million            # wall time of 10^6 training samples
+    python benchmarks/bench_train.py --breakdown          # where aevb's step goes (profiler)
     python benchmarks/bench_train.py --algorithm wake-sleep --threads 1 --clock cpu
     python benchmarks/bench_train.py --modern --threads 1   # 784-200-200-50 relu, Adam, + autograd
     python benchmarks/bench_train.py --bf16               # + bf16 products and their ceiling
@@ -671,6 +672,82 @@ def table(args, base: dict) -> None:
     print("\n(samples/s: medians over the chunks; ratios: medians over the rounds of the ratios)")
 
 
+PRODUCTS = ("aten::addmm", "aten::addmm_", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmv")
+BREAKDOWN_CODE = (
+    "import json, sys; sys.argv=['x']; import bench_train as b\n"
+    "print(json.dumps(b.breakdown_worker(json.loads(sys.stdin.read()))))\n"
+)
+
+
+def breakdown_worker(spec: dict, rounds: int = 3) -> dict:
+    """aevb's step against the ceiling's (median wall time of ``rounds`` interleaved chunks),
+    then one profiled chunk of aevb's split into the products, the optimizer and the other
+    operators; what is left of the step is the time between operators (Python, dispatch)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    aevb, ceiling = AevbWorker(torch, spec), CeilingWorker(torch, spec)
+    n = max(spec["chunk"], spec["M"])
+    steps = n // spec["M"]
+    aevb.run(spec["warmup"]), ceiling.run(spec["warmup"])
+    walls: dict[str, list[float]] = {"aevb": [], "ceiling": []}
+    for _ in range(rounds):
+        for name, w in (("aevb", aevb), ("ceiling", ceiling)):
+            t = time.perf_counter()
+            w.run(n)
+            walls[name].append((time.perf_counter() - t) / steps * 1e6)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        aevb.run(n)
+    parts = {"products": 0.0, "optimizer": 0.0}
+    others: dict[str, float] = {}
+    for e in prof.key_averages():
+        us = e.self_cpu_time_total / steps
+        kind = "products" if e.key in PRODUCTS else "optimizer" if "_fused_ada" in e.key else None
+        if kind:
+            parts[kind] += us
+        else:
+            others[e.key] = us
+    return {
+        "step_us": statistics.median(walls["aevb"]),
+        "ceiling_step_us": statistics.median(walls["ceiling"]),
+        **{f"{k}_us": v for k, v in parts.items()},
+        "other_ops_us": sum(others.values()),
+        "top_other_ops": sorted(others.items(), key=lambda kv: -kv[1])[:8],
+        "ops_per_step": sum(e.count for e in prof.key_averages()) / steps,
+    }
+
+
+def breakdown(spec: dict) -> None:
+    """Print where aevb's step goes (``breakdown_worker`` in a fresh process)."""
+    from aevb.hardware import describe_cpu
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", BREAKDOWN_CODE], input=json.dumps(spec), env=env, text=True,
+        capture_output=True, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    step, ceil = r["step_us"], r["ceiling_step_us"]
+    between = step - r["products_us"] - r["optimizer_us"] - r["other_ops_us"]
+    top = ", ".join(f"{k.removeprefix('aten::')} {v:.0f}" for k, v in r["top_other_ops"])
+    print(f"\nWhere aevb's step goes, {describe(spec)}")
+    print(f"CPU: {describe_cpu()}")
+    share = f"ceiling's step {ceil:.0f} us: aevb at {ceil / step:.0%}"
+    print(f"  step            {step:8.0f} us  ({share})")
+    print(f"  products        {r['products_us']:8.0f} us")
+    print(f"  optimizer       {r['optimizer_us']:8.0f} us")
+    print(f"  other operators {r['other_ops_us']:8.0f} us  ({top})")
+    print(
+        f"  between them    {between:8.0f} us  (Python, dispatch, the Trainer loop: the step "
+        f"less the profiled operators; {r['ops_per_step']:.0f} operator calls a step)"
+    )
+    print(
+        "  (operators: torch.profiler self time of one chunk; the profiler's own cost is in them)"
+    )
+
+
 def million(spec: dict) -> None:
     """Wall time of 10^6 training samples through the real Trainer loop (one process)."""
     code = (
@@ -736,6 +813,12 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--million", action="store_true", help="time 10^6 samples end to end (no comparison)"
     )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="where aevb's step goes beside the ceiling's: products, optimizer, other "
+        "operators, the time between them (torch.profiler; no comparison)",
+    )
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     ap.add_argument(
         "--bf16", action="store_true", help="add aevb-bf16 and ceiling-bf16 to the contenders"
@@ -791,6 +874,8 @@ def main(argv=None) -> None:
             contenders += ("ref-ceiling",)
     if args.million:
         million(spec)
+    elif args.breakdown:
+        breakdown({**spec, "chunk": max(args.chunk, args.M)})
     elif args.table:
         table(args, spec)
     else:

@@ -97,6 +97,28 @@ def test_bench_train_bf16_rows_run_the_bf16_step_and_its_ceiling():
     assert said in r.stdout
 
 
+def test_bench_train_breakdown_splits_the_fast_step():
+    """--breakdown: aevb's step beside the ceiling's, split by torch.profiler into the products,
+    the fused optimizer and the other operators (the likelihood's softplus and sigmoid)."""
+    small = ("--hidden", "64", "--latent", "5", "-M", "50", "--breakdown")
+    r = run_bench(str(BENCH / "bench_train.py"), *small, *SHORT)
+    assert r.returncode == 0, r.stderr
+    assert f"CPU: {describe_cpu()}" in r.stdout and "(784-64-5 bernoulli" in r.stdout
+    us = {
+        k: float(v)
+        for k, v in re.findall(
+            r"^  (step|products|optimizer|other operators)\s+(\d+) us", r.stdout, re.M
+        )
+    }
+    assert set(us) == {"step", "products", "optimizer", "other operators"}, r.stdout
+    assert all(v > 0 for v in us.values())
+    assert us["products"] + us["optimizer"] < us["step"]
+    m = re.search(r"ceiling's step (\d+) us: aevb at (\d+)%", r.stdout)
+    assert m and 0 < int(m.group(2)) < 1000
+    others = re.search(r"other operators\s+\d+ us  \((.*)\)", r.stdout).group(1)
+    assert "softplus" in others and "sigmoid" in others  # the Bernoulli likelihood's kernels
+
+
 def test_bench_end_to_end_accounts_for_the_command_wall_time(shared_data_dir):
     """aevb train from the command line beside the engine: rates and where the time went."""
     small = ("--budget", "2000", "--hidden", "40", "--latent", "3", "--threads", "1")
