@@ -78,7 +78,7 @@ def measure(args) -> dict:
     dev = resolve_device(args.device)
     via = marginal.check_precision("bf16", dev, "--importance-precision")
     model, x, mode, cfg = _run_data(args.run, None, args.split, args.data_dir, None)
-    x = _take_points(x, args.points, args.spread, args.split)
+    x, _ = _take_points(x, args.points, args.spread, args.split)
     model = model.to(dev).eval()
     xt = torch.from_numpy(x.astype("float32")).to(dev)
     f32, t32 = estimate(model, xt, "float32", args)

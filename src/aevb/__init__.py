@@ -11,6 +11,7 @@ Quick use::
 from ._version import __version__
 from .api import (
     Run,
+    compare,
     decode,
     encode,
     evaluate,
@@ -41,6 +42,7 @@ __all__ = [
     "RunError",
     "VAE",
     "__version__",
+    "compare",
     "decode",
     "encode",
     "evaluate",

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
     _add_evaluate_parser(sub)
+    _add_compare_parser(sub)
     _add_tool_parsers(sub)
     _add_plot_interpolate_verify_parsers(sub)
     _add_export_info_parsers(sub)
@@ -164,8 +165,28 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="best: the model with the best validation bound (runs trained with --keep best); "
         "N: the snapshot kept after N training samples (--snapshots)",
     )
+    e.add_argument(
+        "--per-point",
+        metavar="FILE",
+        help="also write each point's values to this CSV file (for aevb compare)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    c = sub.add_parser(
+        "compare", help="two models on the same points: the mean difference, paired SE"
+    )
+    c.add_argument("a", metavar="A.csv", help="a file written by aevb evaluate --per-point")
+    c.add_argument("b", metavar="B.csv", help="another, on the same points")
+    c.add_argument(
+        "--column",
+        help="the value compared (default: log_likelihood_is, log_likelihood_hmc, iwae_bound "
+        "or bound, the first both files hold)",
+    )
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_cmd_compare)
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -528,11 +549,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet and args.marginal is not None,
         which=args.which,
+        per_point=args.per_point,
     )
     if args.json:
         print(json.dumps(res, sort_keys=True))
     else:
         _print_evaluation(res)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    r = api.compare(args.a, args.b, column=args.column)
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+        return 0
+    width = max(len(r["a"]), len(r["b"]), 5)
+    print(f"{r['column']} on {r['points']:,} points (the same in both files), nats:")
+    print(f"  {r['a']:<{width}}  {r['a_mean']:.3f} ± {r['a_se']:.3f}")
+    print(f"  {r['b']:<{width}}  {r['b_mean']:.3f} ± {r['b_se']:.3f}")
+    print(
+        f"  {'A - B':<{width}}  {r['difference']:+.3f} ± {r['difference_se']:.3f} (paired; "
+        f"{r['independent_se']:.3f} if the two means were independent)"
+    )
     return 0
 
 
@@ -563,6 +601,8 @@ def _print_evaluation(res: dict) -> None:
             f"{m['gap']:.3f} ± {m['gap_se']:.3f} above the bound ({how}; "
             f"{m['seconds']:.1f} s)"
         )
+    if "per_point" in res:
+        print(f"  per point: {res['per_point']} (aevb compare pairs two such files)")
 
 
 def _terms_lines(res: dict) -> str:

@@ -1,7 +1,8 @@
 """The Python API. Every command-line command is a thin wrapper over one function here.
 
 Its parts: :mod:`.common` (a run on disk, devices, :func:`load`), :mod:`.training`
-(:func:`train` and what it needs), :mod:`.evaluation` (:func:`evaluate`), :mod:`.gradients`
+(:func:`train` and what it needs), :mod:`.evaluation` (:func:`evaluate`), :mod:`.comparing`
+(:func:`compare`: two models on the same points, paired), :mod:`.gradients`
 (:func:`gradients`: the estimators' gradient variance) and :mod:`.tools`
 (sampling, the manifold, reconstructions, encoding, decoding, interpolation, curves),
 :mod:`.exporting` (:func:`export`: ONNX and torch.export files), :mod:`.card` (:func:`info`) and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from .card import info, render_info
 from .common import Run, load, resolve_device
+from .comparing import compare
 from .evaluation import evaluate
 from .exploring import explore
 from .exporting import Export, export
@@ -39,6 +41,7 @@ __all__ = [
     "Reconstruction",
     "Run",
     "choose_lr",
+    "compare",
     "decode",
     "draw_run_figures",
     "encode",

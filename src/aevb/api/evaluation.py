@@ -18,6 +18,7 @@ from ..model import VAE
 from ..seeds import split_seed
 from ..stats import standard_error
 from .common import _run_data, resolve_device
+from .comparing import write_per_point
 
 
 def evaluate(
@@ -47,6 +48,7 @@ def evaluate(
     progress: bool = False,
     which: str = "last",
     model: str | None = None,
+    per_point: str | Path | None = None,
 ) -> dict:
     """The lower bound per datapoint on a split, with its standard error over datapoints; on the
     same draws its terms ``reconstruction``, ``kl`` (with ``_se``) and the latent usage
@@ -70,26 +72,22 @@ def evaluate(
     where the KL is analytic, else A) and K defaults to the run's.
     ``which="best"`` evaluates best_model.safetensors of a run trained with ``keep="best"`` (as
     in :func:`load`); ``model=`` is its older spelling, still accepted.
+    ``per_point``: a CSV file of each point's values, for :func:`aevb.compare` (module
+    :mod:`aevb.api.comparing`; ``result["per_point"]`` is its path).
     """
-    run_dir = Path(run_dir)
-    which = _which(which, model)  # "best": best_model.safetensors of a run trained keep="best"
+    run_dir, which = Path(run_dir), _which(which, model)  # which="best": best_model.safetensors
     vae, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
     est, iwae_samples = _estimators(estimator, iwae_samples, vae, cfg)
     settings: dict[str, Any] = dict(importance_samples=importance_samples, chunk_size=chunk_size)
     settings.update(hmc_samples=hmc_samples, hmc_leapfrog=hmc_leapfrog, hmc_warmup=hmc_warmup)
-    settings.update(hmc_target_accept=hmc_target_accept)
+    settings["hmc_target_accept"] = hmc_target_accept
     _check_counts(iwae_samples, samples, marginal, workers, **settings)
-    x = _take_points(x, points, spread, split)
+    x, index = _take_points(x, points, spread, split)
     dev, settings["importance_precision"] = _device(device, importance_precision, marginal)
-    vae = vae.to(dev)
-    t0 = time.perf_counter()
+    vae, t0 = vae.to(dev), time.perf_counter()
     xt, terms = _bounds(vae, x, est, samples, batch_size, seed, dev)
     res = {
-        "run": str(run_dir),
-        "data": cfg["data"]["spec"] if data is None else _data_name(data),
-        "split": split,
-        "model": which,
-        "binarize": mode,
+        **_what(run_dir, data, cfg, split, which, mode),
         "estimator": est,
         "samples": samples,
         "points": len(terms.bound),
@@ -97,8 +95,26 @@ def evaluate(
         **_terms(terms),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    res.update(_iwae(vae, xt, iwae_samples, seed, dev))
-    res.update(_marginals(vae, xt, terms.bound, marginal, seed, dev, progress, settings, workers))
+    cols = {"bound": terms.bound, "reconstruction": terms.reconstruction, "kl": terms.kl}
+    res.update(_iwae(vae, xt, iwae_samples, seed, dev, cols))
+    res.update(
+        _marginals(vae, xt, terms.bound, marginal, seed, dev, progress, settings, workers, cols)
+    )
+    return _write_points(res, per_point, index, cols)
+
+
+def _what(run_dir: Path, data: Any, cfg: dict, split: str, which: str, mode: str) -> dict:
+    """What an evaluation looked at: the run, its model, the data, split and binarization."""
+    name = cfg["data"]["spec"] if data is None else _data_name(data)
+    return {"run": str(run_dir), "data": name, "split": split, "model": which, "binarize": mode}
+
+
+def _write_points(
+    res: dict, per_point: str | Path | None, index: np.ndarray, cols: dict[str, torch.Tensor]
+) -> dict:
+    """``res`` with ``per_point`` (the path) once ``cols`` are written there; unchanged without."""
+    if per_point is not None:
+        res["per_point"] = write_per_point(per_point, index, cols)
     return res
 
 
@@ -235,21 +251,32 @@ def _device(device: str, precision: str, marginal: str | None) -> tuple[torch.de
     return dev, precision
 
 
-def _take_points(x: np.ndarray, points: int | None, spread: bool, split: str) -> np.ndarray:
-    """The first ``points`` rows of x, or (``spread``) that many evenly spaced through it."""
+def _take_points(
+    x: np.ndarray, points: int | None, spread: bool, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of x evaluated and their indices: all, the first ``points``, or (``spread``)
+    that many evenly spaced through it."""
+    n = len(x)
     if points is None:
-        return x
-    if points < 1 or points > len(x):
+        return x, np.arange(n)
+    if points < 1 or points > n:
         raise ConfigError(
-            f"--points must be between 1 and the {len(x)} points of the {split} split, got {points}"
+            f"--points must be between 1 and the {n} points of the {split} split, got {points}"
         )
-    return x[(np.arange(points) * len(x)) // points] if spread else x[:points]
+    index = (np.arange(points) * n) // points if spread else np.arange(points)
+    return x[index], index
 
 
 def _iwae(
-    model: VAE, xt: torch.Tensor, iwae_samples: int | None, seed: int, dev: torch.device
+    model: VAE,
+    xt: torch.Tensor,
+    iwae_samples: int | None,
+    seed: int,
+    dev: torch.device,
+    cols: dict[str, torch.Tensor],
 ) -> dict:
-    """The importance-weighted bound with K = ``iwae_samples``, its standard error and K."""
+    """The importance-weighted bound with K = ``iwae_samples``, its standard error and K (its
+    value per point into ``cols``)."""
     if iwae_samples is None:
         return {}
     step = max(1, 20_000 // iwae_samples)  # at most ~20 000 decoded (z, x) pairs at once
@@ -258,6 +285,7 @@ def _iwae(
         w = torch.cat(
             [model.iwae_bound(xt[i : i + step], iwae_samples, gi) for i in range(0, len(xt), step)]
         )
+    cols["iwae_bound"] = w
     return {
         "iwae_samples": iwae_samples,
         "iwae_bound": float(w.mean()),
@@ -275,9 +303,11 @@ def _marginals(
     progress: bool,
     settings: dict,
     workers: int | None,
+    cols: dict[str, torch.Tensor],
 ) -> dict:
     """``{"marginal": {method: estimate}}``: log p(x) by each method asked for ("both": is, then
-    hmc), each with its own generator; ``{}`` without ``marginal``."""
+    hmc), each with its own generator (its value per point into ``cols``); ``{}`` without
+    ``marginal``."""
     if marginal is None:
         return {}
     workers = workers or torch.get_num_threads()
@@ -286,7 +316,7 @@ def _marginals(
     for i, method in enumerate(methods):
         gm = torch.Generator(device=dev).manual_seed(split_seed(seed, 8, i))
         out[method] = _marginal_estimate(
-            model, xt, b, method, gm, progress, **settings, workers=workers
+            model, xt, b, method, gm, progress, cols, **settings, workers=workers
         )
     return {"marginal": out}
 
@@ -298,6 +328,7 @@ def _marginal_estimate(
     method: str,
     generator: torch.Generator,
     progress: bool,
+    cols: dict[str, torch.Tensor],
     **s: Any,
 ) -> dict:
     """log p(x) by one method: mean, standard error, paired gap to the bound, settings."""
@@ -332,6 +363,7 @@ def _marginal_estimate(
             )
     seconds = time.perf_counter() - t0
     lp = r.log_px.double().cpu()
+    cols[f"log_likelihood_{method}"] = lp
     gap = lp - bound.double().cpu()
     out = {
         "method": method,
