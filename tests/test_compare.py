@@ -113,3 +113,31 @@ def test_cli_per_point_and_compare(two, reference_run, tmp_path, capsys):
     # without log p(x) in one file, the tightest value both hold: the bound
     assert main(["compare", str(a), str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["column"] == "bound"
+
+
+def test_a_bad_per_point_path_is_refused_before_the_work(
+    reference_run, tmp_path, capsys, monkeypatch
+):
+    """A folder or an unmakeable folder: refused in one line before any estimate is computed."""
+    from aevb import marginal
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("importance sampling ran before the bad path was refused")
+
+    monkeypatch.setattr(marginal, "importance_sampling", not_now)
+    with pytest.raises(ConfigError, match="is a folder; give a file name"):
+        aevb.evaluate(reference_run, marginal="is", points=5, per_point=tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    with pytest.raises(ConfigError, match="cannot make its folder"):
+        aevb.evaluate(reference_run, points=5, per_point=blocker / "x.csv")
+    assert blocker.read_text() == "mine"
+    argv = ["evaluate", str(reference_run), "--marginal", "is", "--per-point", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and err.count("\n") == 1
+    kept = tmp_path / "kept.csv"
+    kept.write_text("old")
+    with pytest.raises(ConfigError):  # a failure before the write leaves an existing file alone
+        aevb.evaluate(reference_run, points=0, per_point=kept)
+    assert kept.read_text() == "old"

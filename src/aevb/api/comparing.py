@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,23 @@ from ..errors import ConfigError, DataError
 INDEX = "index"
 PREFERRED = ("log_likelihood_is", "log_likelihood_hmc", "iwae_bound", "bound")
 """Which column :func:`compare` takes when none is named: the tightest estimate in both files."""
+
+
+def check_per_point_path(path: str | Path | None) -> Path | None:
+    """``path`` as a Path once it is known to be writable as a file (its folder is made), so a
+    long evaluation does not fail at its end on a mistyped name; None stays None."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--per-point {path} is a folder; give a file name such as points.csv")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--per-point {path}: cannot make its folder ({e.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"--per-point {path}: its folder is not writable; choose another")
+    return path
 
 
 def write_per_point(path: str | Path, index: np.ndarray, columns: dict[str, torch.Tensor]) -> str:

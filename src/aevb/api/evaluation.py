@@ -18,7 +18,7 @@ from ..model import VAE
 from ..seeds import split_seed
 from ..stats import standard_error
 from .common import _run_data, resolve_device
-from .comparing import write_per_point
+from .comparing import check_per_point_path, write_per_point
 
 
 def evaluate(
@@ -72,10 +72,10 @@ def evaluate(
     where the KL is analytic, else A) and K defaults to the run's.
     ``which="best"`` evaluates best_model.safetensors of a run trained with ``keep="best"`` (as
     in :func:`load`); ``model=`` is its older spelling, still accepted.
-    ``per_point``: a CSV file of each point's values, for :func:`aevb.compare` (module
-    :mod:`aevb.api.comparing`; ``result["per_point"]`` is its path).
+    ``per_point``: a CSV of each point's values, for :func:`aevb.compare` (``result["per_point"]``).
     """
     run_dir, which = Path(run_dir), _which(which, model)  # which="best": best_model.safetensors
+    per_point = check_per_point_path(per_point)  # before the work, not after it
     vae, x, mode, cfg = _run_data(run_dir, data, split, data_dir, binarize, which)
     est, iwae_samples = _estimators(estimator, iwae_samples, vae, cfg)
     settings: dict[str, Any] = dict(importance_samples=importance_samples, chunk_size=chunk_size)
