@@ -672,6 +672,17 @@ def table(args, base: dict) -> None:
     print("\n(samples/s: medians over the chunks; ratios: medians over the rounds of the ratios)")
 
 
+def _in_fresh_process(code: str, spec: dict) -> dict:
+    """Run ``code`` (it reads ``spec`` as JSON on stdin) in a new interpreter that imports this
+    script; its last line of output is JSON, returned."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(spec), env=env, text=True,
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 PRODUCTS = ("aten::addmm", "aten::addmm_", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmv")
 BREAKDOWN_CODE = (
     "import json, sys; sys.argv=['x']; import bench_train as b\n"
@@ -723,12 +734,7 @@ def breakdown(spec: dict) -> None:
     """Print where aevb's step goes (``breakdown_worker`` in a fresh process)."""
     from aevb.hardware import describe_cpu
 
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", BREAKDOWN_CODE], input=json.dumps(spec), env=env, text=True,
-        capture_output=True, check=True,
-    )  # fmt: skip
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _in_fresh_process(BREAKDOWN_CODE, spec)
     step, ceil = r["step_us"], r["ceiling_step_us"]
     between = step - r["products_us"] - r["optimizer_us"] - r["other_ops_us"]
     top = ", ".join(f"{k.removeprefix('aten::')} {v:.0f}" for k, v in r["top_other_ops"])
@@ -762,12 +768,7 @@ def million(spec: dict) -> None:
         " 'engine': w.engine, 'steps': w.trainer.step_count,"
         " 'peak_rss_mb': b._peak_rss_mb()}))\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(spec), env=env, text=True,
-        capture_output=True, check=True,
-    )  # fmt: skip
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _in_fresh_process(code, spec)
     print(f"\n10^6 training samples, {describe(spec)}:")
     print(
         f"  {r['million_s']:.1f} s wall, {r['million_cpu_s']:.1f} s CPU "
