@@ -1,6 +1,7 @@
 """Crash safety (docs/RELIABILITY.md): ``aevb train`` killed with SIGKILL at random moments and
 inside its checkpoint writes resumes to the parameters and metrics of an uninterrupted run, and
-no kill leaves the run unreadable. The checkpoint cadence options are validated."""
+no kill leaves the run unreadable.
+The checkpoint cadence options are validated; ``aevb info`` says where the checkpoint stands."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 from fault_injection import TALLY, TESTS, assert_matches_reference, check_readable
+from helpers import CHECKPOINTED_RUN
 
+import aevb
 from aevb import runs, training
+from aevb.callbacks import Callback
 from aevb.cli import main
 from aevb.errors import ConfigError
 
@@ -250,3 +254,33 @@ def test_kill9_at_random_moments_then_resume_is_bitwise_identical(crash_rig):
         TALLY["kill_chains_bitwise_identical"] += 1
     TALLY["kill_trials_mid_write"] += mid_write
     assert kills >= 10
+
+
+class _StopAtCheckpoint(Callback):
+    """Stops training (as a crash would) at its first checkpoint after 1 500 samples."""
+
+    def on_checkpoint(self, trainer) -> None:
+        if trainer.samples_seen >= 1500:
+            raise RuntimeError("stopped here")
+
+
+def test_info_shows_a_checkpoint_ahead_of_the_last_evaluation(small_run, tmp_path, capsys):
+    """A long run between two evaluations: info says where its resumable state stands."""
+    run = tmp_path / "run"
+    kw = dict(CHECKPOINTED_RUN, checkpoint_samples=500, eval_per_decade=1)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        small_run(run, **kw, callbacks=[_StopAtCheckpoint()])
+    card = aevb.info(run)
+    c, seen = card["checkpoint"], card["training"]["samples_seen"]
+    _, meta = runs.load_run_tensors(run, runs.STATE)
+    assert c["samples_seen"] == meta["samples_seen"] == 1500 and seen == 1000 < 1500
+    assert c["budget"] == 4000 and c["seconds"] == meta["seconds"] > 0
+    assert main(["info", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "checkpoint: 1,500 of 4,000 samples" in text and "--resume RUNDIR" in text
+    aevb.train(resume=run, progress=False)  # the same state resumes to the end
+    assert (
+        aevb.info(run)["checkpoint"]["samples_seen"]
+        == 4000
+        == aevb.info(run)["training"]["samples_seen"]
+    )

@@ -122,6 +122,7 @@ def info(run_dir: str | Path) -> dict:
             "seconds": metrics[-1].get("seconds") if metrics else None,
             **{k: train.get(k) for k in _OPTIMIZER},
         },
+        "checkpoint": _checkpoint(run_dir, train.get("budget")),
         "bounds": _last(metrics, _BOUND),
         # an auto-encoder's log p(x|z=mu(x)), in place of a bound
         "reconstruction": _last(metrics, _RECONSTRUCTION) if _autoencoder(train) else {},
@@ -130,6 +131,35 @@ def info(run_dir: str | Path) -> dict:
             **({"method": train.get("eval_marginal")} if train.get("eval_marginal") else {}),
         },
     }
+
+
+def _checkpoint(run_dir: Path, budget: int | None) -> dict:
+    """Where the run's resumable state stands (samples and seconds of training, the budget):
+    ahead of the last evaluation while a long run trains between two; {} without a state."""
+    if not runs.has_file(run_dir, runs.STATE):
+        return {}
+    try:
+        _, meta = runs.load_run_tensors(run_dir, runs.STATE)
+    except RunError as e:  # e.g. read while a checkpoint is being committed: say so, go on
+        return {"error": str(e)}
+    return {
+        "samples_seen": meta.get("samples_seen"),
+        "seconds": meta.get("seconds"),
+        "budget": budget,
+    }
+
+
+def _checkpoint_line(c: dict) -> list[str]:
+    """``aevb info``'s line for :func:`_checkpoint`'s entry (none without a state)."""
+    if not c:
+        return []
+    if "error" in c:
+        return [f"checkpoint: unreadable now ({c['error']}); aevb verify RUNDIR checks the run"]
+    of = f" of {c['budget']:,}" if c.get("budget") else ""
+    return [
+        f"checkpoint: {c['samples_seen']:,}{of} samples, {c['seconds'] / 3600:.2f} h of training "
+        "wall time (aevb train --resume RUNDIR continues from it)"
+    ]
 
 
 def _values(d: dict, what: str) -> str:
@@ -191,6 +221,7 @@ def render_info(card: dict) -> str:
         "objective: " + ", ".join(f"{k} {v}" for k, v in o.items() if v is not None),
         f"training: {t['samples_seen']:,} samples seen{epochs}; {t['optimizer']}, lr {t['lr']}, "
         f"batch {t['batch_size']}, seed {t['seed']}",
+        *_checkpoint_line(card.get("checkpoint", {})),
         *_render_results(card),
     ]
     return "\n".join(lines)
