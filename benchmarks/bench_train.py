@@ -702,7 +702,8 @@ def breakdown_worker(spec: dict, rounds: int = 3) -> dict:
     aevb, ceiling = AevbWorker(torch, spec), CeilingWorker(torch, spec)
     n = max(spec["chunk"], spec["M"])
     steps = n // spec["M"]
-    aevb.run(spec["warmup"]), ceiling.run(spec["warmup"])
+    aevb.run(spec["warmup"])
+    ceiling.run(spec["warmup"])
     walls: dict[str, list[float]] = {"aevb": [], "ceiling": []}
     for _ in range(rounds):
         for name, w in (("aevb", aevb), ("ceiling", ceiling)):

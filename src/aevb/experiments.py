@@ -380,12 +380,7 @@ def reproduce(
             )
     else:
         _train_parallel(proto, todo, data_dir, device, jobs, progress, where)
-    summary = {
-        "budget": budget,
-        "mnist": mnist,
-        "curves_copied_this_call": copied,
-        "panels": [p.key for p in proto.panels],
-    }
+    summary = {"budget": budget, "mnist": mnist, "curves_copied_this_call": copied}
     return _write_results(proto, todo, out, summary, started, progress)
 
 
@@ -428,7 +423,7 @@ def _write_results(
             "train_seconds": sum(r["seconds"] or 0.0 for r in rows),
             "this_call_seconds": round(wall, 1),
             "curves_copied_this_call": summary["curves_copied_this_call"],
-            "panels": summary["panels"],
+            "panels": [p.key for p in proto.panels],
             "rows": rows,
         },
     )
