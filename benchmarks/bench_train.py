@@ -26,7 +26,10 @@ number of samples:
   (bf16 products, float32 master weights) and the ceiling with its products in bf16 (plus the two
   casts a float32-master step cannot avoid: the weights to bf16, the gradient to float32, and the
   float32 fused optimizer). On a CPU without bf16 instructions the path is forced and the bf16
-  rates say how slow it is there, not what it gains where the instructions exist.
+  rates say how slow it is there, not what it gains where the instructions exist;
+- ``aevb-bf16-emulated`` (through ``--contenders``): aevb's bf16 step with its products emulated
+  in float32 kernels (``AEVB_FORCE_CPU_BF16=emulate``), the way bf16 training's accuracy is
+  measured on a CPU without bf16 instructions.
 
 Each contender runs in its own worker process (all children of this one), set up once and warmed
 up; the parent then interleaves them, one chunk of samples each in turn, several times, and reports
@@ -42,6 +45,7 @@ spread (min..max) is printed with each median.
     python benchmarks/bench_train.py --algorithm wake-sleep --threads 1 --clock cpu
     python benchmarks/bench_train.py --modern --threads 1   # 784-200-200-50 relu, Adam, + autograd
     python benchmarks/bench_train.py --bf16               # + bf16 products and their ceiling
+    python benchmarks/bench_train.py --contenders aevb,aevb-bf16,aevb-bf16-emulated --threads 1
     python benchmarks/bench_train.py --modern --estimator iwae --samples 5 --iwae-gradient dreg
 """
 
@@ -405,7 +409,17 @@ WORKERS = {
     "ref-ceiling": lambda torch, spec: CeilingWorker(torch, {**spec, "algorithm": "aevb"}),
     "aevb-bf16": lambda torch, spec: AevbWorker(torch, {**spec, "precision": "bf16"}),
     "ceiling-bf16": lambda torch, spec: CeilingWorker(torch, {**spec, "precision": "bf16"}),
+    "aevb-bf16-emulated": lambda torch, spec: _emulated(AevbWorker, torch, spec),
 }
+
+
+def _emulated(worker, torch, spec: dict):
+    """aevb's bf16 step with its products emulated in float32 kernels (AEVB_FORCE_CPU_BF16=
+    emulate, this worker process only; a CPU with bf16 instructions runs them instead)."""
+    from aevb import hardware
+
+    os.environ[hardware.FORCE_ENV] = hardware.EMULATE
+    return worker(torch, {**spec, "precision": "bf16"})
 
 
 def worker_main(name: str, spec: dict) -> None:
@@ -615,18 +629,23 @@ def bf16_ratios(res: dict) -> None:
     """With --bf16: the bf16 step against aevb's float32 step and against the bf16 ceiling."""
     from aevb import hardware
 
-    if "aevb-bf16" not in res:
+    if not any(k in res for k in ("aevb-bf16", "aevb-bf16-emulated")):
         return
-    b = res["aevb-bf16"]["rates"]
-    for other, what in (("aevb", "aevb's float32 step"), ("ceiling-bf16", "the bf16 ceiling")):
-        if other in res:
-            q = statistics.median(x / y for x, y in zip(b, res[other]["rates"], strict=True))
-            print(f"aevb bf16 / {what}, per round: {q:.2f}x")
+    pairs = (
+        ("aevb-bf16", "aevb", "aevb bf16 / aevb's float32 step"),
+        ("aevb-bf16", "ceiling-bf16", "aevb bf16 / the bf16 ceiling"),
+        ("aevb-bf16-emulated", "aevb", "aevb bf16 emulated / aevb's float32 step"),
+    )
+    for one, other, what in pairs:
+        if one in res and other in res:
+            rates = zip(res[one]["rates"], res[other]["rates"], strict=True)
+            print(f"{what}, per round: {statistics.median(x / y for x, y in rates):.2f}x")
     found = hardware.bf16_instructions()
     print(
         f"bf16 instructions: {', '.join(found)}"
         if found
-        else "this CPU has no bf16 instructions: the bf16 path was forced and runs emulated"
+        else "this CPU has no bf16 instructions: the bf16 path was forced (torch's bf16 kernels "
+        "convert to float32 and back without them)"
     )
 
 

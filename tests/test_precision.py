@@ -17,7 +17,7 @@ from aevb import hardware, runs
 from aevb.algorithms import AEVB
 from aevb.cli import main
 from aevb.errors import ConfigError
-from aevb.fast import FastStep
+from aevb.fast import FastStep, _emulated_bf16_product
 from aevb.training import TrainConfig, Trainer
 
 #: Bounds on the relative error (2-norm over all parameters) of the bf16 step's gradient against
@@ -83,6 +83,44 @@ def test_bf16_gradients_against_float64_on_the_same_noise(
     # ... and errs no more than torch's bf16 autocast of the autograd step on the same noise
     autocast, _ = _on_engine_noise(model, x, estimator, samples, 5, monkeypatch, autocast=True)
     assert errors["bf16"] < 1.5 * _total_err(autocast, ref) + 1e-3
+
+
+@pytest.mark.parametrize(
+    "likelihood,activation,estimator,samples,depth",
+    [("bernoulli", "tanh", "B", 1, 1), ("gaussian", "relu", "B", 3, 3)],
+)
+def test_emulated_bf16_products_compute_what_torchs_bf16_kernels_do(
+    likelihood, activation, estimator, samples, depth
+):
+    """AEVB_FORCE_CPU_BF16=emulate's products (float32 kernels, rounded to bf16 once) give the
+    step's gradient of torch's bf16 kernels: they differ only where the order of a float32 sum
+    moves a result across a bf16 rounding boundary, far below bf16's own error."""
+    model = make_model(likelihood, activation, torch.float32, depth=depth)
+    x = make_data(likelihood, torch.float32)
+    grads, bounds = {}, {}
+    for kind in ("float32", "bf16", "emulated"):
+        opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
+        precision = "float32" if kind == "float32" else "bf16"
+        fast = FastStep(model, opt, estimator, samples, precision, emulate_bf16=kind == "emulated")
+        bounds[kind] = float(fast.gradients(x, torch.Generator().manual_seed(5)))
+        grads[kind] = {k: v.clone() for k, v in fast.named_gradients().items()}
+    bf16_error = _total_err(grads["bf16"], grads["float32"])  # bf16's rounding, 0.4 % or more
+    emulation_error = _total_err(grads["emulated"], grads["bf16"])
+    assert bf16_error > 1e-3 and emulation_error < 0.01 * bf16_error, (bf16_error, emulation_error)
+    assert abs(bounds["emulated"] - bounds["bf16"]) < 0.02 * abs(bounds["bf16"] - bounds["float32"])
+    with pytest.raises(ValueError, match="ask for bf16"):
+        FastStep(model, torch.optim.Adagrad(model.parameters()), emulate_bf16=True)
+
+
+def test_emulation_is_chosen_by_the_environment_where_bf16_instructions_lack(monkeypatch):
+    model = make_model("bernoulli", "tanh", torch.float32)
+    cfg = TrainConfig(lr=0.02, precision="bf16")
+    for setting, emulated in (("1", False), (hardware.EMULATE, True)):
+        monkeypatch.setenv(hardware.FORCE_ENV, setting)
+        for flags, has in (([], False), (["avx512_bf16"], True)):
+            monkeypatch.setattr(hardware, "bf16_instructions", lambda f=flags: f)
+            fast = AEVB(model, cfg, 600, 0.02).fast
+            assert fast.bf16 and (fast._product is _emulated_bf16_product) == (emulated and not has)
 
 
 def test_bf16_master_weights_and_optimizer_state_stay_float32(forced_bf16):

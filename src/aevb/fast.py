@@ -185,6 +185,7 @@ class FastStep:
         samples: int = 1,
         precision: str = "float32",
         dreg: bool = False,
+        emulate_bf16: bool = False,
     ) -> None:
         reason = unsupported_reason(model, estimator) or unsupported_optimizer(optimizer)
         if reason is not None:
@@ -233,6 +234,10 @@ class FastStep:
         if self.bf16 and self.dtype != torch.float32:
             raise ValueError(f"bf16 products train float32 master weights, not {self.dtype}")
         self.mdtype = torch.bfloat16 if self.bf16 else self.dtype  # the products' dtype
+        if emulate_bf16 and not self.bf16:
+            raise ValueError("emulate_bf16 emulates precision='bf16''s products; ask for bf16")
+        #: out <- alpha a @ b (+ beta bias): torch's kernel, or bf16's emulated in float32
+        self._product = _emulated_bf16_product if emulate_bf16 else _product
         self.flat_m, self.grad_m = self.flat, self.grad  # the products use the weights ...
         if self.bf16:  # ... or their bf16 copies
             self.flat_m, self.grad_m = (
@@ -408,7 +413,7 @@ class FastStep:
 
         # ---- forward: encoder, reparameterised z, decoder
         h = self._forward(self._enc, x_m, b.he)
-        self._widen(torch.addmm(be, h, We.t(), out=b.e_m), b.e)
+        self._widen(self._product(b.e_m, h, We.t(), be), b.e)
         mu, lv, std = b.mu, b.lv, b.std
         torch.mul(lv, 0.5, out=std).exp_()
         b.eps_all.normal_(generator=generator)  # = DiagonalNormal.rsample's torch.randn draw
@@ -417,7 +422,7 @@ class FastStep:
         z = b.z2
         z_m = self._narrow(z, b.z2_m)
         h = self._forward(self._dec, z_m, b.hd)
-        self._widen(torch.addmm(bd, h, Wd.t(), out=b.o_m), b.o)
+        self._widen(self._product(b.o_m, h, Wd.t(), bd), b.o)
 
         # ---- log p(x|z) summed over everything, and G = -d log p / d o (before the 1/(L M));
         # iwae: log p(x|z) per draw, and G weighted by the draws' normalised importance weights
@@ -539,10 +544,10 @@ class FastStep:
     def _hidden(self, bias: Tensor, inp: Tensor, weight: Tensor, out: Tensor) -> Tensor:
         """act(inp W^T + bias) into out."""
         if self.relu:
-            return torch.addmm(bias, inp, weight.t(), out=out).relu_()
+            return self._product(out, inp, weight.t(), bias).relu_()
         # tanh(a) = 2 sigmoid(2a) - 1: torch's vectorised sigmoid is several times faster than its
         # tanh on CPU; the factor 2 rides on the matrix product. Equal to within a unit roundoff.
-        torch.addmm(bias, inp, weight.t(), beta=2.0, alpha=2.0, out=out).sigmoid_()
+        self._product(out, inp, weight.t(), bias, beta=2.0, alpha=2.0).sigmoid_()
         return out.mul_(2.0).sub_(1.0)
 
     def _backward(
@@ -563,23 +568,23 @@ class FastStep:
         weight, _, g_weight, g_bias = head
         h, gh = hs[-1], ghs[-1]
         if scale is None:
-            g_weight.addmm_(g.t(), h, beta=0)
+            self._product(g_weight, g.t(), h)
             torch.sum(g, 0, out=g_bias)
-            torch.mm(g, weight, out=gh)
+            self._product(gh, g, weight)
         else:
-            g_weight.addmm_(g.t(), h, beta=0, alpha=scale)
+            self._product(g_weight, g.t(), h, alpha=scale)
             torch.sum(g, 0, out=g_bias).mul_(scale)
-            gh.addmm_(g, weight, beta=0, alpha=scale)
+            self._product(gh, g, weight, alpha=scale)
         for i in range(len(trunk) - 1, -1, -1):
             weight, _, g_weight, g_bias = trunk[i]
             gh = ghs[i]
             self._act_backward(gh, hs[i])  # now the gradient at layer i's pre-activation
-            g_weight.addmm_(gh.t(), hs[i - 1] if i else inp, beta=0)
+            self._product(g_weight, gh.t(), hs[i - 1] if i else inp)
             torch.sum(gh, 0, out=g_bias)
             if i:
-                torch.mm(gh, weight, out=ghs[i - 1])
+                self._product(ghs[i - 1], gh, weight)
             elif g_inp is not None:
-                torch.mm(gh, weight, out=g_inp)
+                self._product(g_inp, gh, weight)
 
     def _act_backward(self, g: Tensor, h: Tensor) -> None:
         """g <- g * act'(pre-activation), from the activation's output h."""
@@ -672,6 +677,43 @@ class FastStep:
         """The last computed gradients by parameter name (views into :attr:`grad`)."""
         names = [n for n, _ in self.model.named_parameters()]
         return dict(zip(names, self.grad_views, strict=True))
+
+
+def _product(
+    out: Tensor,
+    a: Tensor,
+    b: Tensor,
+    bias: Tensor | None = None,
+    beta: float = 1.0,
+    alpha: float = 1.0,
+) -> Tensor:
+    """out <- alpha a @ b + beta bias, or alpha a @ b without a bias, in out's dtype."""
+    if bias is None:
+        return out.addmm_(a, b, beta=0, alpha=alpha)
+    return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=out)
+
+
+def _emulated_bf16_product(
+    out: Tensor,
+    a: Tensor,
+    b: Tensor,
+    bias: Tensor | None = None,
+    beta: float = 1.0,
+    alpha: float = 1.0,
+) -> Tensor:
+    """:func:`_product` of bf16 tensors through float32 kernels: the inputs widened (exact), the
+    products and sums in float32, the result rounded to bf16 once (to nearest even), which is
+    what a bf16 kernel with float32 accumulation computes, up to the order of the sums. On a CPU
+    without bf16 instructions this runs several times faster than torch's bf16 kernels, so that
+    bf16 training's accuracy can be measured there (``AEVB_FORCE_CPU_BF16=emulate``)."""
+    a32, b32 = a.float(), b.float()
+    if bias is None:
+        wide = torch.mm(a32, b32)
+        if alpha != 1.0:
+            wide.mul_(alpha)
+    else:
+        wide = torch.addmm(bias.float(), a32, b32, beta=beta, alpha=alpha)
+    return out.copy_(wide)
 
 
 def _own_state_dict(

@@ -17,8 +17,12 @@ from .errors import ConfigError
 
 #: Setting this environment variable to 1 lets ``--precision bf16`` run on a CPU without bf16
 #: instructions (torch computes bf16 products everywhere, several times slower without them):
-#: for tests of the path's exactness and accuracy, never for speed.
+#: for tests of the path's exactness and accuracy, never for speed. Set to ``emulate``, the
+#: training step's bf16 products run through float32 kernels and are rounded to bf16 (the same
+#: numbers up to the order of float32 sums, at nearly float32's speed): for measuring bf16
+#: training's accuracy on such a CPU.
 FORCE_ENV = "AEVB_FORCE_CPU_BF16"
+EMULATE = "emulate"
 
 #: bf16 dot-product instructions, best first: x86 AMX tiles, AVX-512 BF16, ARMv8.6 BF16
 BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16", "bf16")
@@ -106,7 +110,17 @@ def describe_cpu() -> str:
 
 def forced_bf16() -> bool:
     """Whether :data:`FORCE_ENV` asks for the bf16 path on a CPU without bf16 instructions."""
-    return os.environ.get(FORCE_ENV, "") == "1"
+    return os.environ.get(FORCE_ENV, "") in ("1", EMULATE)
+
+
+def emulated_bf16(device_type: str) -> bool:
+    """Whether the training step's bf16 products are emulated in float32 kernels: asked for by
+    ``FORCE_ENV=emulate`` on a CPU without bf16 instructions (one that has them runs them)."""
+    return (
+        device_type == "cpu"
+        and os.environ.get(FORCE_ENV, "") == EMULATE
+        and not bf16_instructions()
+    )
 
 
 def check_bf16(device_type: str, option: str = "--precision bf16") -> str:

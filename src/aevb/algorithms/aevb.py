@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .. import distributed
+from .. import distributed, hardware
 from ..fast import FastStep
 from ..model import VAE
 from .base import Algorithm
@@ -42,10 +42,14 @@ class AEVB(Algorithm):
         c = config
         est = c.estimator
         assert est is not None  # TrainConfig resolved it
+        device_type = next(model.parameters()).device.type
+        emulate = c.precision == "bf16" and hardware.emulated_bf16(device_type)
         self.use_fast(
             est,
             lambda: FastStep(
-                model, self.optimizer, est, c.samples, c.precision, dreg=c.iwae_gradient == "dreg"
+                *(model, self.optimizer, est, c.samples, c.precision),
+                dreg=c.iwae_gradient == "dreg",
+                emulate_bf16=emulate,
             ),
             bf16=True,
         )
