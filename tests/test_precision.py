@@ -17,7 +17,7 @@ from aevb import hardware, runs
 from aevb.algorithms import AEVB
 from aevb.cli import main
 from aevb.errors import ConfigError
-from aevb.fast import FastStep, _emulated_bf16_product
+from aevb.fast import FastStep
 from aevb.training import TrainConfig, Trainer
 
 #: Bounds on the relative error (2-norm over all parameters) of the bf16 step's gradient against
@@ -120,7 +120,7 @@ def test_emulation_is_chosen_by_the_environment_where_bf16_instructions_lack(mon
         for flags, has in (([], False), (["avx512_bf16"], True)):
             monkeypatch.setattr(hardware, "bf16_instructions", lambda f=flags: f)
             fast = AEVB(model, cfg, 600, 0.02).fast
-            assert fast.bf16 and (fast._product is _emulated_bf16_product) == (emulated and not has)
+            assert fast.bf16 and fast.emulate_bf16 == (emulated and not has)
 
 
 def test_bf16_master_weights_and_optimizer_state_stay_float32(forced_bf16):

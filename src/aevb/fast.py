@@ -42,6 +42,7 @@ gradient buffer the optimizer reads and the optimizer's state stay float32 (the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -237,7 +238,8 @@ class FastStep:
         if emulate_bf16 and not self.bf16:
             raise ValueError("emulate_bf16 emulates precision='bf16''s products; ask for bf16")
         #: out <- alpha a @ b (+ beta bias): torch's kernel, or bf16's emulated in float32
-        self._product = _emulated_bf16_product if emulate_bf16 else _product
+        self.emulate_bf16 = emulate_bf16
+        self._product = functools.partial(_product, emulate_bf16=True) if emulate_bf16 else _product
         self.flat_m, self.grad_m = self.flat, self.grad  # the products use the weights ...
         if self.bf16:  # ... or their bf16 copies
             self.flat_m, self.grad_m = (
@@ -686,34 +688,22 @@ def _product(
     bias: Tensor | None = None,
     beta: float = 1.0,
     alpha: float = 1.0,
+    emulate_bf16: bool = False,
 ) -> Tensor:
-    """out <- alpha a @ b + beta bias, or alpha a @ b without a bias, in out's dtype."""
+    """out <- alpha a @ b + beta bias, or alpha a @ b without a bias, in out's dtype.
+
+    ``emulate_bf16`` (bf16 tensors): through float32 kernels instead, the inputs widened (exact),
+    the products and sums in float32, the result rounded to bf16 once (to nearest even): what a
+    bf16 kernel with float32 accumulation computes, up to the order of the sums, several times
+    faster than torch's bf16 kernels on a CPU without bf16 instructions, so that bf16 training's
+    accuracy can be measured there (``AEVB_FORCE_CPU_BF16=emulate``)."""
+    if emulate_bf16:
+        wide = None if bias is None else bias.float()
+        result = torch.empty(out.shape, dtype=torch.float32, device=out.device)
+        return out.copy_(_product(result, a.float(), b.float(), wide, beta, alpha))
     if bias is None:
         return out.addmm_(a, b, beta=0, alpha=alpha)
     return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=out)
-
-
-def _emulated_bf16_product(
-    out: Tensor,
-    a: Tensor,
-    b: Tensor,
-    bias: Tensor | None = None,
-    beta: float = 1.0,
-    alpha: float = 1.0,
-) -> Tensor:
-    """:func:`_product` of bf16 tensors through float32 kernels: the inputs widened (exact), the
-    products and sums in float32, the result rounded to bf16 once (to nearest even), which is
-    what a bf16 kernel with float32 accumulation computes, up to the order of the sums. On a CPU
-    without bf16 instructions this runs several times faster than torch's bf16 kernels, so that
-    bf16 training's accuracy can be measured there (``AEVB_FORCE_CPU_BF16=emulate``)."""
-    a32, b32 = a.float(), b.float()
-    if bias is None:
-        wide = torch.mm(a32, b32)
-        if alpha != 1.0:
-            wide.mul_(alpha)
-    else:
-        wide = torch.addmm(bias.float(), a32, b32, beta=beta, alpha=alpha)
-    return out.copy_(wide)
 
 
 def _own_state_dict(
