@@ -94,7 +94,7 @@ def test_emulated_bf16_products_compute_what_torchs_bf16_kernels_do(
 ):
     """AEVB_FORCE_CPU_BF16=emulate's products (float32 kernels, rounded to bf16 once) give the
     step's gradient of torch's bf16 kernels: they differ only where the order of a float32 sum
-    moves a result across a bf16 rounding boundary, far below bf16's own error."""
+    changes how a result rounds to bf16, far below bf16's own error."""
     model = make_model(likelihood, activation, torch.float32, depth=depth)
     x = make_data(likelihood, torch.float32)
     grads, bounds = {}, {}
@@ -108,7 +108,7 @@ def test_emulated_bf16_products_compute_what_torchs_bf16_kernels_do(
     emulation_error = _total_err(grads["emulated"], grads["bf16"])
     assert bf16_error > 1e-3 and emulation_error < 0.01 * bf16_error, (bf16_error, emulation_error)
     assert abs(bounds["emulated"] - bounds["bf16"]) < 0.02 * abs(bounds["bf16"] - bounds["float32"])
-    with pytest.raises(ValueError, match="ask for bf16"):
+    with pytest.raises(ValueError, match="needs precision=.bf16."):
         FastStep(model, torch.optim.Adagrad(model.parameters()), emulate_bf16=True)
 
 

@@ -236,7 +236,7 @@ class FastStep:
             raise ValueError(f"bf16 products train float32 master weights, not {self.dtype}")
         self.mdtype = torch.bfloat16 if self.bf16 else self.dtype  # the products' dtype
         if emulate_bf16 and not self.bf16:
-            raise ValueError("emulate_bf16 emulates precision='bf16''s products; ask for bf16")
+            raise ValueError("emulate_bf16 emulates bf16 products: it needs precision='bf16'")
         #: out <- alpha a @ b (+ beta bias): torch's kernel, or bf16's emulated in float32
         self.emulate_bf16 = emulate_bf16
         self._product = functools.partial(_product, emulate_bf16=True) if emulate_bf16 else _product
