@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -68,28 +69,36 @@ def one_run(args: argparse.Namespace) -> dict:
     }
 
 
-def table(rows: list[dict]) -> None:
-    """Mean and seed spread (sample std) per precision and budget; bf16 - float32 and a verdict."""
+def table(rows: list[dict], seeds: int | None = None) -> None:
+    """Mean and seed spread (sample std) per precision and budget; bf16 - float32 with the
+    standard error of that difference over the seeds, and the issue's verdict. ``seeds``: only
+    seeds 0 .. seeds-1."""
+    rows = [r for r in rows if seeds is None or r["seed"] < seeds]
     print(f"CPU: {rows[0]['cpu']}")
     for budget in sorted({r["budget"] for r in rows}):
         print(f"\n{budget:,} training samples")
         print(
-            "| metric | float32 (mean ± seed std) | bf16 (mean ± seed std) | bf16 − float32 | ok |"
+            "| metric | float32 (mean ± seed std) | bf16 (mean ± seed std) | bf16 − float32 (± SE) "
+            "| within max(0.2, seed std) |"
         )
         print("|---|---|---|---|---|")
         for key, what in (("test_bound", "test bound"), ("log_px", "IS log p(x), K=1000")):
             got = {}
             for p in ("float32", "bf16"):
-                v = [r[key] for r in rows if r["budget"] == budget and r["precision"] == p]
-                got[p] = v
-            if not got["float32"] or not got["bf16"]:
+                got[p] = [r[key] for r in rows if r["budget"] == budget and r["precision"] == p]
+            if len(got["float32"]) < 2 or len(got["bf16"]) < 2:
                 continue
             m = {p: statistics.fmean(v) for p, v in got.items()}
-            sd = {p: statistics.stdev(v) if len(v) > 1 else float("nan") for p, v in got.items()}
+            sd = {p: statistics.stdev(v) for p, v in got.items()}
+            se = math.sqrt(sum(sd[p] ** 2 / len(got[p]) for p in got))
             diff, bar = m["bf16"] - m["float32"], max(TOLERANCE, sd["float32"], sd["bf16"])
             cells = [f"{m[p]:.2f} ± {sd[p]:.2f} (n={len(got[p])})" for p in ("float32", "bf16")]
-            verdict = "yes" if abs(diff) < bar else "no"
-            print(f"| {what} | {cells[0]} | {cells[1]} | {diff:+.2f} | {verdict} (bar {bar:.2f}) |")
+            verdict = (
+                f"yes, {abs(diff):.3f} < {bar:.3f}"
+                if abs(diff) < bar
+                else (f"no, {abs(diff):.3f} ≥ {bar:.3f}")
+            )
+            print(f"| {what} | {cells[0]} | {cells[1]} | {diff:+.2f} ± {se:.2f} | {verdict} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,9 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", default="bf16_accuracy.jsonl", help="JSON lines, one per run")
     ap.add_argument("--table", action="store_true", help="summarise --out instead of training")
+    ap.add_argument("--seeds", type=int, help="with --table: only seeds 0 .. SEEDS-1")
     args = ap.parse_args(argv)
     if args.table:
-        table([json.loads(line) for line in Path(args.out).read_text().splitlines() if line])
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
+        table(rows, args.seeds)
         return
     row = one_run(args)
     with open(args.out, "a") as f:
