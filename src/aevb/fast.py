@@ -230,21 +230,7 @@ class FastStep:
         self._step0 = self.steps[0]
         self.param_views = [self._view(self.flat, i) for i in range(len(self.params))]
         self.grad_views = [self._view(self.grad, i) for i in range(len(self.params))]
-        #: bf16: the matrix products' copy of the parameters and the gradient they produce
-        self.bf16 = precision == "bf16"
-        if self.bf16 and self.dtype != torch.float32:
-            raise ValueError(f"bf16 products train float32 master weights, not {self.dtype}")
-        self.mdtype = torch.bfloat16 if self.bf16 else self.dtype  # the products' dtype
-        if emulate_bf16 and not self.bf16:
-            raise ValueError("emulate_bf16 emulates bf16 products: it needs precision='bf16'")
-        #: out <- alpha a @ b (+ beta bias): torch's kernel, or bf16's emulated in float32
-        self.emulate_bf16 = emulate_bf16
-        self._product = functools.partial(_product, emulate_bf16=True) if emulate_bf16 else _product
-        self.flat_m, self.grad_m = self.flat, self.grad  # the products use the weights ...
-        if self.bf16:  # ... or their bf16 copies
-            self.flat_m, self.grad_m = (
-                torch.zeros(n_total, dtype=self.mdtype, device=self.device) for _ in range(2)
-            )
+        self._products(precision, emulate_bf16, n_total)
         n_params = len(self.params)
         self._product_views = [self._view(self.flat_m, i) for i in range(n_params)]
         self._product_grads = [self._view(self.grad_m, i) for i in range(n_params)]
@@ -262,6 +248,26 @@ class FastStep:
         self.shard: tuple[int, int] = (0, 1)  # (rank, world size)
         self.grad_hook: Callable[[Tensor], object] | None = None
         self.adopt()
+
+    def _products(self, precision: str, emulate_bf16: bool, n_total: int) -> None:
+        """What the matrix products read and write: the weights and gradient themselves, or
+        (bf16) their bf16 copies; and how they multiply (torch's kernels, or bf16 emulated)."""
+        self.bf16 = precision == "bf16"
+        if self.bf16 and self.dtype != torch.float32:
+            raise ValueError(f"bf16 products train float32 master weights, not {self.dtype}")
+        self.mdtype = torch.bfloat16 if self.bf16 else self.dtype  # the products' dtype
+        if emulate_bf16 and not self.bf16:
+            raise ValueError("emulate_bf16 emulates bf16 products: it needs precision='bf16'")
+        #: out <- alpha a @ b (+ beta bias): torch's kernel, or bf16's emulated in float32
+        self.emulate_bf16 = emulate_bf16
+        self._product = functools.partial(_product, emulate_bf16=True) if emulate_bf16 else _product
+        #: the products' copy of the parameters and of the gradient they produce (bf16), or
+        #: the float32 (float64) buffers themselves
+        self.flat_m, self.grad_m = self.flat, self.grad
+        if self.bf16:
+            self.flat_m, self.grad_m = (
+                torch.zeros(n_total, dtype=self.mdtype, device=self.device) for _ in range(2)
+            )
 
     def shard_noise(self, rank: int, world: int, grad_hook: Callable[[Tensor], object]) -> None:
         """Train as rank ``rank`` of ``world``: draw the global minibatch's noise and use this
