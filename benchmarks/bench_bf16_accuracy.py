@@ -99,6 +99,20 @@ def table(rows: list[dict], seeds: int | None = None) -> None:
                 else (f"no, {abs(diff):.3f} ≥ {bar:.3f}")
             )
             print(f"| {what} | {cells[0]} | {cells[1]} | {diff:+.2f} ± {se:.2f} | {verdict} |")
+        for key, what in (("test_bound", "test bound"), ("log_px", "IS log p(x)")):
+            paired(rows, budget, key, what)
+
+
+def paired(rows: list[dict], budget: int, key: str, what: str) -> None:
+    """bf16 - float32 per seed (a seed's two runs share the data order and the noise stream):
+    the differences, their mean and its standard error."""
+    by = {(r["precision"], r["seed"]): r[key] for r in rows if r["budget"] == budget}
+    seeds = sorted(s for p, s in by if p == "float32" and ("bf16", s) in by)
+    d = [by["bf16", s] - by["float32", s] for s in seeds]
+    if len(d) > 1:
+        se = statistics.stdev(d) / math.sqrt(len(d))
+        each = ", ".join(f"{x:+.2f}" for x in d)
+        print(f"paired by seed, {what}: {each}; mean {statistics.fmean(d):+.2f} ± {se:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
